@@ -1,0 +1,3 @@
+//! placeholder
+/// placeholder
+pub fn run() -> crate::Result<()> { Ok(()) }

@@ -1,0 +1,16 @@
+//! aviary: a terminal app for people who run Twitter/X bots. Each bot is a small
+//! character-level LSTM language model fine-tuned on one account's tweets.
+//!
+//! Parts: [`corpus`] (getting tweets in), the engine ([`model`], [`train`], [`generate`]),
+//! and the application layer [`app`] that combines them for the faces ([`cli`]).
+#![deny(missing_docs)]
+
+pub mod app;
+pub mod cli;
+pub mod corpus;
+pub mod error;
+pub mod generate;
+pub mod model;
+pub mod train;
+
+pub use error::{Error, Result};

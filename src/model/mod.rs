@@ -1,0 +1,263 @@
+//! The character-level LSTM language model: its config, weights, training forward pass and
+//! loss, the step-by-step forward used for sampling, and checkpoints.
+//!
+//! Embedding(V, E) -> dropout -> LSTM x num_layers (fused, see [`fused_lstm`]) -> dropout ->
+//! Linear(V). Weight names follow PyTorch's (`lstm.weight_ih_l0`, ...), gate order i, f, g, o.
+//! Knows no corpus, bot, database or screen.
+
+pub mod checkpoint;
+pub mod fused_lstm;
+pub mod kernels;
+pub mod step;
+pub mod vocab;
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+use serde::{Deserialize, Serialize};
+
+pub use checkpoint::{Card, Checkpoint};
+pub use step::{StepState, StepWeights};
+pub use vocab::{Vocab, EOT, UNK};
+
+use crate::Result;
+
+/// The shape of the model. Stored in every checkpoint; on resume the shapes come from there.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Size of each character's embedding vector.
+    pub embedding_size: usize,
+    /// Units in each LSTM layer.
+    pub rnn_size: usize,
+    /// Stacked LSTM layers.
+    pub num_layers: usize,
+    /// Dropout rate after the embedding and after each LSTM layer (training only).
+    pub drop_rate: f32,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            embedding_size: 64,
+            rnn_size: 512,
+            num_layers: 1,
+            drop_rate: 0.05,
+        }
+    }
+}
+
+impl ModelConfig {
+    /// Every weight's name and shape for a vocabulary of `vocab_size` ids, in a fixed order.
+    pub fn weight_shapes(&self, vocab_size: usize) -> Vec<(String, Vec<usize>)> {
+        let (e, h) = (self.embedding_size, self.rnn_size);
+        let mut shapes = vec![("embedding.weight".to_string(), vec![vocab_size, e])];
+        for k in 0..self.num_layers {
+            let input = if k == 0 { e } else { h };
+            shapes.push((format!("lstm.weight_ih_l{k}"), vec![4 * h, input]));
+            shapes.push((format!("lstm.weight_hh_l{k}"), vec![4 * h, h]));
+            shapes.push((format!("lstm.bias_ih_l{k}"), vec![4 * h]));
+            shapes.push((format!("lstm.bias_hh_l{k}"), vec![4 * h]));
+        }
+        shapes.push(("out.weight".to_string(), vec![vocab_size, h]));
+        shapes.push(("out.bias".to_string(), vec![vocab_size]));
+        shapes
+    }
+
+    /// Fresh weights, initialised as PyTorch does (embedding N(0, 1); LSTM and output layer
+    /// U(-1/sqrt(fan_in), 1/sqrt(fan_in))), the same for the same seed.
+    pub fn init_weights(
+        &self,
+        vocab_size: usize,
+        seed: u64,
+        device: &Device,
+    ) -> Result<HashMap<String, Tensor>> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut weights = HashMap::new();
+        for (name, shape) in self.weight_shapes(vocab_size) {
+            let n: usize = shape.iter().product();
+            let data: Vec<f32> = if name == "embedding.weight" {
+                (0..n).map(|_| StandardNormal.sample(&mut rng)).collect()
+            } else {
+                // Both the LSTM and the output layer have fan-in H.
+                let bound = 1.0 / (self.rnn_size as f32).sqrt();
+                (0..n).map(|_| rng.random_range(-bound..bound)).collect()
+            };
+            weights.insert(name, Tensor::from_vec(data, shape, device)?);
+        }
+        Ok(weights)
+    }
+}
+
+/// One LSTM layer's weights, PyTorch layout.
+struct LstmLayer {
+    /// [4H, input]
+    w_ih: Tensor,
+    /// [4H, H]
+    w_hh: Tensor,
+    /// [4H]
+    b_ih: Tensor,
+    /// [4H]
+    b_hh: Tensor,
+}
+
+/// Training-time dropout with its own seeded generator, so a resumed run draws the same masks.
+pub struct Dropout {
+    rate: f32,
+    rng: ChaCha8Rng,
+}
+
+impl Dropout {
+    /// Dropout at `rate`, masks drawn from `seed`.
+    pub fn new(rate: f32, seed: u64) -> Self {
+        Dropout {
+            rate,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
+    }
+
+    /// Zeroes each element with probability `rate` and scales the rest by 1/(1-rate).
+    fn apply(&mut self, x: &Tensor) -> Result<Tensor> {
+        if self.rate <= 0.0 {
+            return Ok(x.clone());
+        }
+        let keep = 1.0 / (1.0 - self.rate);
+        let mask: Vec<f32> = (0..x.elem_count())
+            .map(|_| if self.rng.random::<f32>() < self.rate { 0.0 } else { keep })
+            .collect();
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?;
+        Ok(x.mul(&mask)?)
+    }
+}
+
+/// The model: plain tensors built by [`CharLstm::load`]; `forward` runs it over a batch.
+pub struct CharLstm {
+    /// The shape it was built with.
+    pub config: ModelConfig,
+    /// Input and output size.
+    pub vocab_size: usize,
+    /// [V, E]
+    embedding: Tensor,
+    layers: Vec<LstmLayer>,
+    /// [V, H]
+    out_w: Tensor,
+    /// [V]
+    out_b: Tensor,
+}
+
+impl CharLstm {
+    /// Builds the model from `vb`, which must hold every weight of
+    /// [`ModelConfig::weight_shapes`] with that shape.
+    pub fn load(vb: VarBuilder, config: &ModelConfig, vocab_size: usize) -> Result<Self> {
+        let (e, h) = (config.embedding_size, config.rnn_size);
+        let mut layers = Vec::with_capacity(config.num_layers);
+        let lstm = vb.pp("lstm");
+        for k in 0..config.num_layers {
+            let input = if k == 0 { e } else { h };
+            layers.push(LstmLayer {
+                w_ih: lstm.get((4 * h, input), &format!("weight_ih_l{k}"))?,
+                w_hh: lstm.get((4 * h, h), &format!("weight_hh_l{k}"))?,
+                b_ih: lstm.get(4 * h, &format!("bias_ih_l{k}"))?,
+                b_hh: lstm.get(4 * h, &format!("bias_hh_l{k}"))?,
+            });
+        }
+        Ok(CharLstm {
+            config: config.clone(),
+            vocab_size,
+            embedding: vb.get((vocab_size, e), "embedding.weight")?,
+            layers,
+            out_w: vb.get((vocab_size, h), "out.weight")?,
+            out_b: vb.get(vocab_size, "out.bias")?,
+        })
+    }
+
+    /// The model over weights held in a map (a checkpoint, or fresh ones).
+    pub fn from_weights(
+        weights: &HashMap<String, Tensor>,
+        config: &ModelConfig,
+        vocab_size: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        let vb = VarBuilder::from_tensors(weights.clone(), DType::F32, device);
+        CharLstm::load(vb, config, vocab_size)
+    }
+
+    /// Logits [T * B, V] (time-major rows) for token ids [T, B]. With `dropout`, training
+    /// mode; without, evaluation.
+    pub fn forward(&self, ids: &Tensor, mut dropout: Option<&mut Dropout>) -> Result<Tensor> {
+        let (steps, batch) = ids.dims2()?;
+        let h = self.config.rnn_size;
+        let mut x = self.embedding.index_select(&ids.flatten_all()?, 0)?; // [TB, E]
+        if let Some(d) = dropout.as_deref_mut() {
+            x = d.apply(&x)?;
+        }
+        for layer in &self.layers {
+            // The input projection of all time steps in one matmul: [TB, in] x [in, 4H].
+            let xproj = x.matmul(&layer.w_ih.t()?)?.reshape((steps, batch, 4 * h))?;
+            let bias = layer.b_ih.add(&layer.b_hh)?;
+            let hs = fused_lstm::lstm_sequence(&xproj, &layer.w_hh, &bias)?; // [T, B, H]
+            x = hs.reshape((steps * batch, h))?;
+            if let Some(d) = dropout.as_deref_mut() {
+                x = d.apply(&x)?;
+            }
+        }
+        Ok(x.matmul(&self.out_w.t()?)?.broadcast_add(&self.out_b)?)
+    }
+
+    /// Mean cross-entropy in nats per character of predicting `targets` [T, B] from `ids`
+    /// [T, B].
+    pub fn loss(&self, ids: &Tensor, targets: &Tensor, dropout: Option<&mut Dropout>) -> Result<Tensor> {
+        let logits = self.forward(ids, dropout)?;
+        Ok(candle_nn::loss::cross_entropy(&logits, &targets.flatten_all()?)?)
+    }
+
+    /// The weights, by name (shares storage with the model).
+    pub fn weights(&self) -> HashMap<String, Tensor> {
+        let mut w = HashMap::new();
+        w.insert("embedding.weight".to_string(), self.embedding.clone());
+        for (k, l) in self.layers.iter().enumerate() {
+            w.insert(format!("lstm.weight_ih_l{k}"), l.w_ih.clone());
+            w.insert(format!("lstm.weight_hh_l{k}"), l.w_hh.clone());
+            w.insert(format!("lstm.bias_ih_l{k}"), l.b_ih.clone());
+            w.insert(format!("lstm.bias_hh_l{k}"), l.b_hh.clone());
+        }
+        w.insert("out.weight".to_string(), self.out_w.clone());
+        w.insert("out.bias".to_string(), self.out_b.clone());
+        w
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_is_seeded_and_shaped() {
+        let cfg = ModelConfig {
+            embedding_size: 4,
+            rnn_size: 8,
+            num_layers: 2,
+            drop_rate: 0.0,
+        };
+        let a = cfg.init_weights(10, 7, &Device::Cpu).unwrap();
+        let b = cfg.init_weights(10, 7, &Device::Cpu).unwrap();
+        assert_eq!(a.len(), 1 + 4 * 2 + 2);
+        for (name, shape) in cfg.weight_shapes(10) {
+            assert_eq!(a[&name].dims(), &shape[..], "{name}");
+            let (x, y): (Vec<f32>, Vec<f32>) = (
+                a[&name].flatten_all().unwrap().to_vec1().unwrap(),
+                b[&name].flatten_all().unwrap().to_vec1().unwrap(),
+            );
+            assert_eq!(x, y, "{name} differs between two inits with one seed");
+        }
+        let model = CharLstm::from_weights(&a, &cfg, 10, &Device::Cpu).unwrap();
+        let ids = Tensor::new(&[[1u32, 2], [3, 4], [5, 6]], &Device::Cpu).unwrap();
+        let loss = model.loss(&ids, &ids, None).unwrap().to_scalar::<f32>().unwrap();
+        // An untrained model is close to uniform: about ln(10) nats per character.
+        assert!((loss - 10f32.ln()).abs() < 1.0, "loss {loss}");
+    }
+}
