@@ -87,7 +87,11 @@ impl Error {
     }
 
     /// A corpus error on `path`.
-    pub fn corpus(path: impl AsRef<Path>, problem: impl Into<String>, hint: impl Into<String>) -> Self {
+    pub fn corpus(
+        path: impl AsRef<Path>,
+        problem: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Self {
         Error::Corpus {
             path: path.as_ref().to_path_buf(),
             problem: problem.into(),

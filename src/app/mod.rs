@@ -1,1 +1,248 @@
-//! placeholder
+//! The use cases both faces call: train a model on a corpus, generate candidates from a
+//! checkpoint, benchmark the engine. The only module that combines the parts.
+
+pub mod bench;
+pub mod config;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::Sender;
+
+use candle_core::Device;
+
+pub use config::Config;
+
+use crate::corpus::PlainTextFiles;
+use crate::generate::{self, SampleConfig};
+use crate::model::{Checkpoint, StepWeights};
+use crate::train::{StopReason, TrainConfig, TrainEvent, Trainer, TweetSource};
+use crate::{Error, Result};
+
+/// Settings given on the command line (or by the TUI) that override the config file. On
+/// resume only the learning rate, epochs and step limit apply; the rest comes from the
+/// checkpoint.
+#[derive(Clone, Debug, Default)]
+pub struct TrainOverrides {
+    /// Rows per batch.
+    pub batch_size: Option<usize>,
+    /// Characters per row.
+    pub seq_len: Option<usize>,
+    /// LSTM units per layer.
+    pub rnn_size: Option<usize>,
+    /// LSTM layers.
+    pub num_layers: Option<usize>,
+    /// Embedding size.
+    pub embedding_size: Option<usize>,
+    /// Dropout rate.
+    pub drop_rate: Option<f32>,
+    /// Learning rate.
+    pub learning_rate: Option<f64>,
+    /// Gradient clipping norm.
+    pub clip_norm: Option<f64>,
+    /// Epochs.
+    pub num_epochs: Option<u64>,
+    /// Step limit.
+    pub max_steps: Option<u64>,
+    /// Validation interval in steps.
+    pub val_every: Option<u64>,
+    /// Seed.
+    pub seed: Option<u64>,
+}
+
+impl TrainOverrides {
+    fn apply(&self, config: &mut Config) {
+        let (m, t) = (&mut config.model, &mut config.train);
+        set(&mut m.rnn_size, self.rnn_size);
+        set(&mut m.num_layers, self.num_layers);
+        set(&mut m.embedding_size, self.embedding_size);
+        set(&mut m.drop_rate, self.drop_rate);
+        set(&mut t.batch_size, self.batch_size);
+        set(&mut t.seq_len, self.seq_len);
+        set(&mut t.clip_norm, self.clip_norm);
+        set(&mut t.seed, self.seed);
+        self.apply_on_resume(t);
+    }
+
+    fn apply_on_resume(&self, t: &mut TrainConfig) {
+        set(&mut t.learning_rate, self.learning_rate);
+        set(&mut t.num_epochs, self.num_epochs);
+        set(&mut t.max_steps, self.max_steps);
+        set(&mut t.val_every, self.val_every);
+    }
+
+    /// Names of the overrides a resume ignores because the checkpoint fixes them.
+    pub fn ignored_on_resume(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        let given = [
+            ("--batch-size", self.batch_size.is_some()),
+            ("--seq-len", self.seq_len.is_some()),
+            ("--rnn-size", self.rnn_size.is_some()),
+            ("--num-layers", self.num_layers.is_some()),
+            ("--embedding-size", self.embedding_size.is_some()),
+            ("--drop-rate", self.drop_rate.is_some()),
+            ("--clip-norm", self.clip_norm.is_some()),
+            ("--seed", self.seed.is_some()),
+        ];
+        for (name, is) in given {
+            if is {
+                v.push(name);
+            }
+        }
+        v
+    }
+}
+
+fn set<T>(slot: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *slot = v;
+    }
+}
+
+/// A request to train on plain-text corpus files.
+#[derive(Clone, Debug)]
+pub struct TrainRequest {
+    /// Corpus files, one tweet per line.
+    pub corpus: Vec<PathBuf>,
+    /// Where checkpoints go.
+    pub checkpoint_dir: PathBuf,
+    /// Continue the run saved in `checkpoint_dir`.
+    pub restore: bool,
+    /// Flags over the config.
+    pub overrides: TrainOverrides,
+    /// `cpu`, `cuda`, `cuda:N`, or `None` for the best available.
+    pub device: Option<String>,
+}
+
+struct Corpus(PlainTextFiles);
+
+impl TweetSource for Corpus {
+    fn tweets(&self) -> Result<Box<dyn Iterator<Item = Result<String>> + '_>> {
+        Ok(Box::new(self.0.tweets()))
+    }
+
+    fn describe(&self) -> String {
+        let names: Vec<String> = self
+            .0
+            .paths()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        names.join(", ")
+    }
+}
+
+/// Trains (or resumes) a model as `req` says, sending progress to `events`; `cancel` stops
+/// it cleanly with the state saved.
+pub fn train(
+    config: &Config,
+    req: &TrainRequest,
+    events: &Sender<TrainEvent>,
+    cancel: &AtomicBool,
+) -> Result<StopReason> {
+    let device = pick_device(req.device.as_deref())?;
+    let source = Corpus(PlainTextFiles::open(&req.corpus)?);
+    let mut trainer = if req.restore {
+        Trainer::resume(
+            &source,
+            &req.checkpoint_dir,
+            |t| req.overrides.apply_on_resume(t),
+            device,
+        )?
+    } else {
+        refuse_overwrite(&req.checkpoint_dir)?;
+        let mut config = config.clone();
+        req.overrides.apply(&mut config);
+        Trainer::new(
+            &source,
+            &req.checkpoint_dir,
+            config.model,
+            config.train,
+            device,
+        )?
+    };
+    trainer.run(events, cancel)
+}
+
+/// A fresh run must not silently replace a checkpoint that is already there.
+fn refuse_overwrite(dir: &Path) -> Result<()> {
+    if dir.join(crate::model::checkpoint::CARD_FILE).exists() {
+        return Err(Error::invalid(
+            format!("{} already holds a checkpoint", dir.display()),
+            "pass --restore to continue it, or choose another --checkpoint-dir",
+        ));
+    }
+    Ok(())
+}
+
+/// A request for candidate tweets.
+#[derive(Clone, Debug)]
+pub struct GenerateRequest {
+    /// Checkpoint directory.
+    pub checkpoint: PathBuf,
+    /// How many candidates.
+    pub n: usize,
+    /// Sampling settings.
+    pub sample: SampleConfig,
+    /// Every candidate starts with this.
+    pub prime: String,
+    /// Seed (a random one when `None`).
+    pub seed: Option<u64>,
+}
+
+/// Candidates from a checkpoint, and the seed used.
+pub fn generate(req: &GenerateRequest) -> Result<(Vec<String>, u64)> {
+    let ck = Checkpoint::load(&req.checkpoint, &Device::Cpu)?;
+    let model = ck.model(&Device::Cpu)?;
+    let weights = StepWeights::from_model(&model)?;
+    let seed = req.seed.unwrap_or_else(rand::random);
+    let texts = generate::generate(
+        &weights,
+        &ck.card.vocab,
+        &req.sample,
+        &req.prime,
+        req.n,
+        seed,
+    )?;
+    Ok((texts, seed))
+}
+
+/// The device `spec` names (`cpu`, `cuda`, `cuda:N`), or the best available: CUDA when this
+/// build has it and a GPU answers, else the CPU.
+pub fn pick_device(spec: Option<&str>) -> Result<Device> {
+    match spec {
+        None => {
+            if candle_core::utils::cuda_is_available() {
+                if let Ok(d) = Device::new_cuda(0) {
+                    return Ok(d);
+                }
+            }
+            Ok(Device::Cpu)
+        }
+        Some("cpu") => Ok(Device::Cpu),
+        Some(s) if s == "cuda" || s.starts_with("cuda:") => {
+            let ordinal = s
+                .strip_prefix("cuda:")
+                .unwrap_or("0")
+                .parse::<usize>()
+                .map_err(|_| {
+                    Error::invalid(format!("bad device `{s}`"), "use cpu, cuda or cuda:N")
+                })?;
+            if !candle_core::utils::cuda_is_available() {
+                return Err(Error::invalid(
+                    "this aviary was built without CUDA",
+                    "build with `cargo build --release --features cuda` (see README), or use --device cpu",
+                ));
+            }
+            Device::new_cuda(ordinal).map_err(|e| {
+                Error::invalid(
+                    format!("cannot open CUDA device {ordinal}: {e}"),
+                    "check nvidia-smi, or use --device cpu",
+                )
+            })
+        }
+        Some(s) => Err(Error::invalid(
+            format!("unknown device `{s}`"),
+            "use cpu, cuda or cuda:N",
+        )),
+    }
+}

@@ -1,3 +1,349 @@
-//! placeholder
-/// placeholder
-pub fn run() -> crate::Result<()> { Ok(()) }
+//! The command-line face: one subcommand per use case in `app`, progress drawn with
+//! indicatif. Holds no domain logic: it parses, calls `app`, and prints.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::app::{
+    self, bench::BenchRequest, Config, GenerateRequest, TrainOverrides, TrainRequest,
+};
+use crate::train::{StopReason, TrainEvent};
+use crate::{Error, Result};
+
+/// aviary: train character-level LSTM models on tweets and sample new ones.
+#[derive(Parser, Debug)]
+#[command(name = "aviary", version, about, long_about = None)]
+pub struct Cli {
+    /// Config file (TOML); see config/aviary.toml for every key.
+    #[arg(long, global = true, env = "AVIARY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// CPU threads for the numeric work (default: physical cores).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    /// Log what happens (to stderr).
+    #[arg(long, global = true)]
+    pub debug: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train a model on tweets (one per line), or continue one with --restore.
+    Train(TrainArgs),
+    /// Sample candidate tweets from a checkpoint.
+    Generate(GenerateArgs),
+    /// Measure training and sampling speed (JSON lines, same shape as torch_charlstm.py).
+    Bench(BenchArgs),
+}
+
+/// `aviary train`: the reference tutorial's flag names.
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Corpus file(s), one tweet per line.
+    #[arg(long, required = true, num_args = 1..)]
+    pub corpus: Vec<PathBuf>,
+    /// Directory for model.safetensors, card.json and the resume state.
+    #[arg(long)]
+    pub checkpoint_dir: PathBuf,
+    /// Continue the run saved in --checkpoint-dir (same step, optimizer state and data order).
+    #[arg(long)]
+    pub restore: bool,
+    /// Passes over the corpus.
+    #[arg(long)]
+    pub num_epochs: Option<u64>,
+    /// Stop after this many steps in all.
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// Rows per batch.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Characters per row.
+    #[arg(long)]
+    pub seq_len: Option<usize>,
+    /// LSTM units per layer.
+    #[arg(long)]
+    pub rnn_size: Option<usize>,
+    /// LSTM layers.
+    #[arg(long)]
+    pub num_layers: Option<usize>,
+    /// Character embedding size.
+    #[arg(long)]
+    pub embedding_size: Option<usize>,
+    /// Dropout rate.
+    #[arg(long)]
+    pub drop_rate: Option<f32>,
+    /// RMSprop learning rate (also on --restore).
+    #[arg(long)]
+    pub learning_rate: Option<f64>,
+    /// Gradient clipping norm.
+    #[arg(long)]
+    pub clip_norm: Option<f64>,
+    /// Validate every N steps (and at each epoch end).
+    #[arg(long)]
+    pub val_every: Option<u64>,
+    /// Seed of initial weights, shuffling and dropout.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// cpu, cuda or cuda:N (default: CUDA when built with it and a GPU is present).
+    #[arg(long)]
+    pub device: Option<String>,
+}
+
+/// `aviary generate`.
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// Checkpoint directory (written by `aviary train`).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Number of candidates.
+    #[arg(short = 'n', long, default_value_t = 10)]
+    pub n: usize,
+    /// Sampling temperature (0: always the likeliest character).
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// Sample among the k likeliest characters only.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Sample among the likeliest characters covering probability p.
+    #[arg(long)]
+    pub top_p: Option<f64>,
+    /// Every candidate starts with this text.
+    #[arg(long, default_value = "")]
+    pub prime: String,
+    /// Seed, for reproducible candidates.
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+/// `aviary bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Text to train on (any text file; the reference script reads the same).
+    #[arg(long)]
+    pub corpus: PathBuf,
+    /// Timed training steps.
+    #[arg(long, default_value_t = 40)]
+    pub steps: usize,
+    /// Characters sampled per stream.
+    #[arg(long, default_value_t = 280)]
+    pub gen_chars: usize,
+    /// LSTM units.
+    #[arg(long, default_value_t = 512)]
+    pub hidden: usize,
+    /// cpu, cuda or cuda:N.
+    #[arg(long)]
+    pub device: Option<String>,
+}
+
+/// Parses the command line and runs it.
+pub fn run() -> Result<()> {
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        // candle and rayon both read this; it must be set before either starts its pool.
+        std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string());
+    }
+    let filter = if cli.debug {
+        "aviary=debug"
+    } else {
+        "aviary=warn"
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| filter.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Train(a) => train(&config, a),
+        Command::Generate(a) => generate(&config, a),
+        Command::Bench(a) => bench(a),
+    }
+}
+
+fn train(config: &Config, a: TrainArgs) -> Result<()> {
+    let overrides = TrainOverrides {
+        batch_size: a.batch_size,
+        seq_len: a.seq_len,
+        rnn_size: a.rnn_size,
+        num_layers: a.num_layers,
+        embedding_size: a.embedding_size,
+        drop_rate: a.drop_rate,
+        learning_rate: a.learning_rate,
+        clip_norm: a.clip_norm,
+        num_epochs: a.num_epochs,
+        max_steps: a.max_steps,
+        val_every: a.val_every,
+        seed: a.seed,
+    };
+    if a.restore {
+        for flag in overrides.ignored_on_resume() {
+            eprintln!("note: {flag} is ignored with --restore: the checkpoint fixes it");
+        }
+    }
+    let req = TrainRequest {
+        corpus: a.corpus,
+        checkpoint_dir: a.checkpoint_dir.clone(),
+        restore: a.restore,
+        overrides,
+        device: a.device,
+    };
+    let cancel = Arc::new(AtomicBool::new(false));
+    let flag = cancel.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after this step and saving (Ctrl-C again to quit at once)...");
+    })
+    .map_err(|e| {
+        Error::invalid(
+            format!("cannot install the Ctrl-C handler: {e}"),
+            "run without a TTY wrapper",
+        )
+    })?;
+
+    let (tx, rx) = mpsc::channel();
+    let reason = std::thread::scope(|s| {
+        let worker = s.spawn(|| app::train(config, &req, &tx, &cancel));
+        draw_progress(rx);
+        worker.join().expect("the training thread panicked")
+    })?;
+    let dir = a.checkpoint_dir.display();
+    match reason {
+        StopReason::Cancelled | StopReason::MaxSteps => {
+            println!("saved to {dir}; continue with the same command and --restore")
+        }
+        StopReason::EarlyStopped => {
+            println!("stopped early (validation loss no longer improving); best model in {dir}")
+        }
+        StopReason::Completed => println!("done; best model in {dir}"),
+    }
+    Ok(())
+}
+
+/// Draws training events until the trainer hangs up.
+fn draw_progress(rx: mpsc::Receiver<TrainEvent>) {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} steps  {msg}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    let mut val = String::from("val -");
+    for ev in rx {
+        match ev {
+            TrainEvent::Started {
+                steps_per_epoch,
+                total_steps,
+                start_step,
+                train_chars,
+                val_chars,
+                vocab_size,
+                params,
+                device,
+            } => {
+                bar.println(format!(
+                    "training on {device}: {train_chars} chars ({val_chars} held out), vocab {vocab_size}, {params} parameters, {steps_per_epoch} steps/epoch{}",
+                    if start_step > 0 { format!(", resuming at step {start_step}") } else { String::new() }
+                ));
+                bar.set_length(total_steps);
+                bar.set_position(start_step);
+            }
+            TrainEvent::Step {
+                step,
+                epoch,
+                loss,
+                chars_per_s,
+                eta_s,
+                ..
+            } => {
+                bar.set_position(step);
+                bar.set_message(format!(
+                    "epoch {}  loss {loss:.3}  {val}  {:.0} chars/s  ETA {}",
+                    epoch + 1,
+                    chars_per_s,
+                    fmt_secs(eta_s)
+                ));
+            }
+            TrainEvent::Validated {
+                step,
+                val_loss,
+                best_val_loss,
+                improved,
+            } => {
+                val = format!("val {val_loss:.3}");
+                bar.println(format!(
+                    "step {step}: validation loss {val_loss:.4} nats/char (best {best_val_loss:.4}){}",
+                    if improved { ", saved" } else { "" }
+                ));
+            }
+            TrainEvent::Finished {
+                reason,
+                step,
+                best_val_loss,
+            } => {
+                bar.finish_and_clear();
+                let best = best_val_loss
+                    .map(|b| format!("{b:.4}"))
+                    .unwrap_or("-".into());
+                println!(
+                    "finished at step {step} ({reason:?}); best validation loss {best} nats/char"
+                );
+            }
+        }
+    }
+}
+
+fn fmt_secs(s: f64) -> String {
+    let s = s.max(0.0) as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, s / 60 % 60)
+    } else {
+        format!("{}m{:02}s", s / 60, s % 60)
+    }
+}
+
+fn generate(config: &Config, a: GenerateArgs) -> Result<()> {
+    let mut sample = config.generate.clone();
+    set(&mut sample.temperature, a.temperature);
+    set(&mut sample.top_k, a.top_k);
+    set(&mut sample.top_p, a.top_p);
+    let req = GenerateRequest {
+        checkpoint: a.checkpoint,
+        n: a.n,
+        sample,
+        prime: a.prime,
+        seed: a.seed,
+    };
+    let (texts, seed) = app::generate(&req)?;
+    for t in texts {
+        println!("{t}");
+    }
+    tracing::info!("seed {seed}");
+    Ok(())
+}
+
+fn set<T>(slot: &mut T, v: Option<T>) {
+    if let Some(v) = v {
+        *slot = v;
+    }
+}
+
+fn bench(a: BenchArgs) -> Result<()> {
+    let req = BenchRequest {
+        steps: a.steps,
+        gen_chars: a.gen_chars,
+        hidden: a.hidden,
+        device: a.device,
+        ..BenchRequest::default()
+    };
+    app::bench::run(&a.corpus, &req, |v| println!("{v}"))
+}

@@ -1,1 +1,268 @@
-//! placeholder
+//! Sampling candidate tweets: temperature, top-k, top-p, priming text; a tweet ends at the
+//! end-of-tweet symbol or at 280 characters; N candidates are sampled together as one batch,
+//! and a seed makes the whole thing reproducible. Uses the model's step-by-step forward.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{StepState, StepWeights, Vocab, EOT, UNK};
+use crate::{Error, Result};
+
+/// The most characters a tweet may have.
+pub const MAX_TWEET_CHARS: usize = 280;
+
+/// How to sample.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SampleConfig {
+    /// Divides the logits: below 1 plays safe, above 1 takes risks, 0 always takes the most
+    /// likely character.
+    pub temperature: f64,
+    /// Sample only among the k most likely characters (0: all).
+    pub top_k: usize,
+    /// Sample only among the most likely characters whose probabilities add up to p (1: all).
+    pub top_p: f64,
+    /// Stop a candidate at this many characters (priming text included), at most 280.
+    pub max_chars: usize,
+}
+
+impl Default for SampleConfig {
+    fn default() -> Self {
+        SampleConfig {
+            temperature: 0.8,
+            top_k: 0,
+            top_p: 1.0,
+            max_chars: MAX_TWEET_CHARS,
+        }
+    }
+}
+
+impl SampleConfig {
+    /// Checks the settings, saying which is out of range.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return Err(Error::invalid(
+                format!("temperature {} is not a number >= 0", self.temperature),
+                "use e.g. --temperature 0.8",
+            ));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(Error::invalid(
+                format!("top-p {} is not in (0, 1]", self.top_p),
+                "use e.g. --top-p 0.9",
+            ));
+        }
+        if self.max_chars == 0 || self.max_chars > MAX_TWEET_CHARS {
+            return Err(Error::invalid(
+                format!("max_chars {} is not in 1..=280", self.max_chars),
+                "a tweet has at most 280 characters",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Draws the next id from `logits` under `cfg`; `scratch` is reused between calls. The
+/// unknown symbol is never drawn (it has no character to print).
+pub fn sample_token(
+    logits: &[f32],
+    cfg: &SampleConfig,
+    rng: &mut impl Rng,
+    scratch: &mut Vec<(f32, u32)>,
+) -> u32 {
+    let candidates = || logits.iter().enumerate().filter(|&(i, _)| i as u32 != UNK);
+    if cfg.temperature == 0.0 {
+        return candidates()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i as u32)
+            .unwrap_or(EOT);
+    }
+    let inv_t = (1.0 / cfg.temperature) as f32;
+    let max = candidates()
+        .map(|(_, &l)| l)
+        .fold(f32::NEG_INFINITY, f32::max);
+    scratch.clear();
+    scratch.extend(
+        candidates().map(|(i, &l)| (crate::model::kernels::exp((l - max) * inv_t), i as u32)),
+    );
+    let limit_k = cfg.top_k > 0 && cfg.top_k < scratch.len();
+    if limit_k || cfg.top_p < 1.0 {
+        scratch.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
+        if limit_k {
+            scratch.truncate(cfg.top_k);
+        }
+        if cfg.top_p < 1.0 {
+            let total: f32 = scratch.iter().map(|p| p.0).sum();
+            let (mut acc, mut keep) = (0f32, 0);
+            for p in scratch.iter() {
+                acc += p.0;
+                keep += 1;
+                if acc >= cfg.top_p as f32 * total {
+                    break;
+                }
+            }
+            scratch.truncate(keep.max(1));
+        }
+    }
+    let total: f32 = scratch.iter().map(|p| p.0).sum();
+    let mut u = rng.random::<f32>() * total;
+    for &(p, i) in scratch.iter() {
+        if u < p {
+            return i;
+        }
+        u -= p;
+    }
+    scratch.last().map(|p| p.1).unwrap_or(EOT)
+}
+
+/// Samples `n` candidate tweets that start with `prime`, all as one batch.
+pub fn generate(
+    weights: &StepWeights,
+    vocab: &Vocab,
+    cfg: &SampleConfig,
+    prime: &str,
+    n: usize,
+    seed: u64,
+) -> Result<Vec<String>> {
+    cfg.validate()?;
+    let prime_chars = prime.chars().count();
+    if prime_chars >= cfg.max_chars {
+        return Err(Error::invalid(
+            format!(
+                "the priming text has {prime_chars} characters, the limit is {}",
+                cfg.max_chars
+            ),
+            "shorten --prime",
+        ));
+    }
+    if vocab.unknown_count(prime) > 0 {
+        tracing::warn!(
+            "{} characters of the priming text are not in the model's vocabulary",
+            vocab.unknown_count(prime)
+        );
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut state: StepState = weights.state(n);
+    let mut tokens = vec![EOT; n];
+    // A tweet starts after an end-of-tweet: that is the context the model learned.
+    weights.step(&mut state, &tokens);
+    for id in vocab.encode(prime) {
+        tokens.fill(id);
+        weights.step(&mut state, &tokens);
+    }
+    let v = weights.vocab_size();
+    let mut out: Vec<String> = vec![prime.to_string(); n];
+    let mut len = vec![prime_chars; n];
+    let mut done = vec![false; n];
+    let mut scratch = Vec::with_capacity(v);
+    loop {
+        for s in 0..n {
+            if done[s] {
+                continue;
+            }
+            let id = sample_token(
+                &state.logits[s * v..(s + 1) * v],
+                cfg,
+                &mut rng,
+                &mut scratch,
+            );
+            match vocab.char(id) {
+                Some(c) => {
+                    out[s].push(c);
+                    len[s] += 1;
+                    done[s] = len[s] >= cfg.max_chars;
+                }
+                None => done[s] = true,
+            }
+            tokens[s] = id;
+        }
+        if done.iter().all(|&d| d) {
+            break;
+        }
+        weights.step(&mut state, &tokens);
+    }
+    Ok(out.into_iter().map(|s| s.trim_end().to_string()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_and_top_p_restrict_the_draws() {
+        // ids: 0 UNK, 1 EOT, 2.. chars; UNK has the highest logit and must never come out.
+        let logits = [10.0f32, 0.0, 3.0, 2.9, 0.5, -1.0];
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let mut scratch = Vec::new();
+        let mut seen = [0usize; 6];
+        let cfg = SampleConfig {
+            temperature: 1.0,
+            top_k: 2,
+            ..Default::default()
+        };
+        for _ in 0..2000 {
+            seen[sample_token(&logits, &cfg, &mut rng, &mut scratch) as usize] += 1;
+        }
+        assert_eq!(seen[0], 0, "unknown symbol drawn");
+        assert_eq!(
+            seen[2] + seen[3],
+            2000,
+            "top-k 2 keeps ids 2 and 3 only: {seen:?}"
+        );
+        assert!(seen[2] > 900 && seen[3] > 800, "{seen:?}");
+
+        // Probabilities of ids 1..=5: 0.024, 0.486, 0.440, 0.040, 0.009.
+        let cfg = SampleConfig {
+            temperature: 1.0,
+            top_p: 0.4,
+            ..Default::default()
+        };
+        let mut seen = [0usize; 6];
+        for _ in 0..500 {
+            seen[sample_token(&logits, &cfg, &mut rng, &mut scratch) as usize] += 1;
+        }
+        assert_eq!(
+            seen[2], 500,
+            "top-p 0.4 keeps the single most likely char: {seen:?}"
+        );
+
+        let greedy = SampleConfig {
+            temperature: 0.0,
+            ..Default::default()
+        };
+        assert_eq!(sample_token(&logits, &greedy, &mut rng, &mut scratch), 2);
+        let cfg = SampleConfig {
+            temperature: 1.0,
+            top_p: 0.9,
+            ..Default::default()
+        };
+        let mut seen = [0usize; 6];
+        for _ in 0..500 {
+            seen[sample_token(&logits, &cfg, &mut rng, &mut scratch) as usize] += 1;
+        }
+        assert_eq!(
+            seen[2] + seen[3],
+            500,
+            "top-p 0.9 keeps the two likeliest: {seen:?}"
+        );
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_the_setting_named() {
+        let bad = SampleConfig {
+            top_p: 1.5,
+            ..Default::default()
+        };
+        assert!(bad.validate().unwrap_err().to_string().contains("top-p"));
+        let bad = SampleConfig {
+            temperature: -1.0,
+            ..Default::default()
+        };
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("temperature"));
+    }
+}

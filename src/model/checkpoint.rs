@@ -91,7 +91,12 @@ impl Checkpoint {
 
     /// The model over these weights.
     pub fn model(&self, device: &Device) -> Result<CharLstm> {
-        CharLstm::from_weights(&self.weights, &self.card.model, self.card.vocab.len(), device)
+        CharLstm::from_weights(
+            &self.weights,
+            &self.card.model,
+            self.card.vocab.len(),
+            device,
+        )
     }
 }
 
@@ -130,7 +135,10 @@ pub fn read_card(dir: &Path) -> Result<Card> {
             "pass the directory that `aviary train --checkpoint-dir` wrote",
         ));
     }
-    let version = value.get("format_version").and_then(|v| v.as_u64()).unwrap_or(0);
+    let version = value
+        .get("format_version")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0);
     if version > FORMAT_VERSION as u64 {
         return Err(Error::checkpoint(
             &path,
@@ -163,11 +171,21 @@ pub fn check_weights(
     let hint = "the weights do not belong to this card: keep model.safetensors and card.json of one checkpoint together";
     for (name, shape) in model.weight_shapes(vocab_size) {
         match weights.get(&name) {
-            None => return Err(Error::checkpoint(path, format!("weight `{name}` is missing"), hint)),
+            None => {
+                return Err(Error::checkpoint(
+                    path,
+                    format!("weight `{name}` is missing"),
+                    hint,
+                ))
+            }
             Some(t) if t.dims() != shape.as_slice() => {
                 return Err(Error::checkpoint(
                     path,
-                    format!("weight `{name}` has shape {:?}, the card says {:?}", t.dims(), shape),
+                    format!(
+                        "weight `{name}` has shape {:?}, the card says {:?}",
+                        t.dims(),
+                        shape
+                    ),
                     hint,
                 ))
             }
@@ -189,7 +207,13 @@ pub fn save_tensors<'a>(
         .map(|(k, t)| Ok((k.clone(), t.to_device(&Device::Cpu)?)))
         .collect::<Result<_>>()?;
     let bytes = safetensors::serialize(cpu.iter().map(|(k, t)| (k.as_str(), t)), Some(metadata))
-        .map_err(|e| Error::checkpoint(path, format!("cannot serialise tensors: {e}"), "report this as a bug"))?;
+        .map_err(|e| {
+            Error::checkpoint(
+                path,
+                format!("cannot serialise tensors: {e}"),
+                "report this as a bug",
+            )
+        })?;
     write_atomic(path, &bytes)
 }
 
@@ -210,7 +234,13 @@ pub fn load_tensors(
         Err(e) => return Err(Error::io(path, e)),
     };
     let damaged = "the file was damaged outside aviary (aviary's own writes are atomic): restore it or retrain";
-    let broken = |e| Error::checkpoint(path, format!("truncated or not a safetensors file ({e:?})"), damaged);
+    let broken = |e| {
+        Error::checkpoint(
+            path,
+            format!("truncated or not a safetensors file ({e:?})"),
+            damaged,
+        )
+    };
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(broken)?;
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(broken)?;
     let metadata = header.metadata().clone().unwrap_or_default();
@@ -223,8 +253,13 @@ pub fn load_tensors(
     }
     let mut tensors = HashMap::new();
     for (name, view) in st.tensors() {
-        let t = candle_core::safetensors::Load::load(&view, device)
-            .map_err(|e| Error::checkpoint(path, format!("tensor `{name}` cannot be read ({e})"), damaged))?;
+        let t = candle_core::safetensors::Load::load(&view, device).map_err(|e| {
+            Error::checkpoint(
+                path,
+                format!("tensor `{name}` cannot be read ({e})"),
+                damaged,
+            )
+        })?;
         tensors.insert(name, t);
     }
     Ok((tensors, metadata))
@@ -233,7 +268,10 @@ pub fn load_tensors(
 /// Replaces `path` with `bytes` so that a crash leaves either the old file or the new one:
 /// write a temporary file beside it, fsync it, rename it over, fsync the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let write = || -> std::io::Result<()> {

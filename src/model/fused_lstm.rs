@@ -68,7 +68,10 @@ pub struct FusedLstm {
 /// The f32 slice of a contiguous CPU tensor argument, or an error naming the op and argument.
 fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
     let Some((start, end)) = l.contiguous_offsets() else {
-        candle_core::bail!("fused-lstm: {what} must be contiguous, got strides {:?}", l.stride());
+        candle_core::bail!(
+            "fused-lstm: {what} must be contiguous, got strides {:?}",
+            l.stride()
+        );
     };
     Ok(&s.as_slice::<f32>()?[start..end])
 }
@@ -126,15 +129,28 @@ impl CustomOp3 for FusedLstm {
             let c_prev = if t > 0 {
                 // gates += h_{t-1} @ w_hh^T: [B, H] x [H, 4H]
                 let h_prev = &h_before[(t - 1) * bh..];
-                gemm(gates, Mat::new(h_prev, batch, hidden), Mat::new(w, g4, hidden).t(), true);
+                gemm(
+                    gates,
+                    Mat::new(h_prev, batch, hidden),
+                    Mat::new(w, g4, hidden).t(),
+                    true,
+                );
                 Some(&c_before[(t - 1) * bh..])
             } else {
                 None
             };
             let tc = &mut tanh_c[t * bh..(t + 1) * bh];
-            par_cell_forward(gates, c_prev, &mut c_rest[..bh], tc, &mut h_rest[..bh], hidden);
+            par_cell_forward(
+                gates,
+                c_prev,
+                &mut c_rest[..bh],
+                tc,
+                &mut h_rest[..bh],
+                hidden,
+            );
         }
-        *self.saved.lock().expect("fused-lstm state poisoned") = Some(Arc::new(Saved { acts, c, tanh_c }));
+        *self.saved.lock().expect("fused-lstm state poisoned") =
+            Some(Arc::new(Saved { acts, c, tanh_c }));
         Ok((CpuStorage::F32(h), Shape::from((steps, batch, hidden))))
     }
 
@@ -146,7 +162,11 @@ impl CustomOp3 for FusedLstm {
         res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let saved = self.saved.lock().expect("fused-lstm state poisoned").clone();
+        let saved = self
+            .saved
+            .lock()
+            .expect("fused-lstm state poisoned")
+            .clone();
         let Some(saved) = saved else {
             candle_core::bail!("fused-lstm: backward called before forward");
         };
@@ -168,7 +188,12 @@ impl CustomOp3 for FusedLstm {
                         let (dg_now, dg_next) = dgates.split_at_mut((t + 1) * batch * g4);
                         if t + 1 < steps {
                             let dg_next = &dg_next[..batch * g4];
-                            gemm(&mut dh, Mat::new(dg_next, batch, g4), Mat::new(w, g4, hidden), true);
+                            gemm(
+                                &mut dh,
+                                Mat::new(dg_next, batch, g4),
+                                Mat::new(w, g4, hidden),
+                                true,
+                            );
                         }
                         let c_prev = (t > 0).then(|| &saved.c[(t - 1) * bh..t * bh]);
                         par_cell_backward(
@@ -185,12 +210,22 @@ impl CustomOp3 for FusedLstm {
                     let rows = (steps - 1) * batch;
                     if rows > 0 {
                         let dg = Mat::new(&dgates[batch * g4..], rows, g4).t();
-                        gemm(&mut dw, dg, Mat::new(&h[..rows * hidden], rows, hidden), false);
+                        gemm(
+                            &mut dw,
+                            dg,
+                            Mat::new(&h[..rows * hidden], rows, hidden),
+                            false,
+                        );
                     }
                     // dbias = column sums of dgates, as ones[1, TB] @ dgates[TB, 4H].
                     let ones = vec![1f32; steps * batch];
                     let all_rows = Mat::new(&dgates, steps * batch, g4);
-                    gemm(&mut dbias, Mat::new(&ones, 1, steps * batch), all_rows, false);
+                    gemm(
+                        &mut dbias,
+                        Mat::new(&ones, 1, steps * batch),
+                        all_rows,
+                        false,
+                    );
                 })
             })
         })???;
@@ -211,10 +246,14 @@ mod tests {
     fn rand_tensor(shape: &[usize], seed: u64, scale: f32) -> Tensor {
         let n: usize = shape.iter().product();
         // A small deterministic generator keeps the test free of global RNG state.
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let data: Vec<f32> = (0..n)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale
             })
             .collect();
@@ -222,7 +261,16 @@ mod tests {
     }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        a.sub(b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+        a.sub(b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
     }
 
     /// Forward and all three gradients of the fused op against candle's autograd on the
@@ -241,8 +289,20 @@ mod tests {
         println!("fused-lstm forward max diff {fwd:e}");
         assert!(fwd < 1e-5, "forward differs by {fwd}");
 
-        let gf = fused.mul(&probe).unwrap().sum_all().unwrap().backward().unwrap();
-        let gr = reference.mul(&probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let gf = fused
+            .mul(&probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gr = reference
+            .mul(&probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
         for (name, v) in [("xproj", &xproj), ("w_hh", &w), ("bias", &bias)] {
             let d = max_diff(gf.get(v).unwrap(), gr.get(v).unwrap());
             println!("fused-lstm d{name} max diff {d:e}");
@@ -282,7 +342,13 @@ mod tests {
         for which in 0..3 {
             let var = [&xproj, &w, &bias][which];
             let base: Vec<f32> = var.flatten_all().unwrap().to_vec1().unwrap();
-            let analytic: Vec<f32> = grads.get(var).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let analytic: Vec<f32> = grads
+                .get(var)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
             for k in 0..base.len() {
                 let bump = |d: f64| {
                     let mut v: Vec<f64> = base.iter().map(|&x| x as f64).collect();
@@ -297,7 +363,11 @@ mod tests {
                 };
                 let numeric = (bump(eps) - bump(-eps)) / (2.0 * eps);
                 let err = (numeric - analytic[k] as f64).abs();
-                assert!(err < 1e-3 * (1.0 + numeric.abs()), "arg {which} elem {k}: numeric {numeric}, fused {}", analytic[k]);
+                assert!(
+                    err < 1e-3 * (1.0 + numeric.abs()),
+                    "arg {which} elem {k}: numeric {numeric}, fused {}",
+                    analytic[k]
+                );
             }
         }
     }

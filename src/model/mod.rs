@@ -127,7 +127,13 @@ impl Dropout {
         }
         let keep = 1.0 / (1.0 - self.rate);
         let mask: Vec<f32> = (0..x.elem_count())
-            .map(|_| if self.rng.random::<f32>() < self.rate { 0.0 } else { keep })
+            .map(|_| {
+                if self.rng.random::<f32>() < self.rate {
+                    0.0
+                } else {
+                    keep
+                }
+            })
             .collect();
         let mask = Tensor::from_vec(mask, x.shape(), x.device())?;
         Ok(x.mul(&mask)?)
@@ -210,9 +216,17 @@ impl CharLstm {
 
     /// Mean cross-entropy in nats per character of predicting `targets` [T, B] from `ids`
     /// [T, B].
-    pub fn loss(&self, ids: &Tensor, targets: &Tensor, dropout: Option<&mut Dropout>) -> Result<Tensor> {
+    pub fn loss(
+        &self,
+        ids: &Tensor,
+        targets: &Tensor,
+        dropout: Option<&mut Dropout>,
+    ) -> Result<Tensor> {
         let logits = self.forward(ids, dropout)?;
-        Ok(candle_nn::loss::cross_entropy(&logits, &targets.flatten_all()?)?)
+        Ok(candle_nn::loss::cross_entropy(
+            &logits,
+            &targets.flatten_all()?,
+        )?)
     }
 
     /// The weights, by name (shares storage with the model).
@@ -256,7 +270,11 @@ mod tests {
         }
         let model = CharLstm::from_weights(&a, &cfg, 10, &Device::Cpu).unwrap();
         let ids = Tensor::new(&[[1u32, 2], [3, 4], [5, 6]], &Device::Cpu).unwrap();
-        let loss = model.loss(&ids, &ids, None).unwrap().to_scalar::<f32>().unwrap();
+        let loss = model
+            .loss(&ids, &ids, None)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         // An untrained model is close to uniform: about ln(10) nats per character.
         assert!((loss - 10f32.ln()).abs() < 1.0, "loss {loss}");
     }

@@ -57,7 +57,9 @@ impl StepState {
 }
 
 fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
-    Ok(t.flatten_all()?.to_device(&candle_core::Device::Cpu)?.to_vec1::<f32>()?)
+    Ok(t.flatten_all()?
+        .to_device(&candle_core::Device::Cpu)?
+        .to_vec1::<f32>()?)
 }
 
 impl StepWeights {
@@ -130,7 +132,12 @@ impl StepWeights {
                 if s == 1 {
                     matvec(&layer.w_ih, below, &mut state.gates);
                 } else {
-                    gemm(&mut state.gates, Mat::new(below, s, h), Mat::new(&layer.w_ih, g4, h).t(), true);
+                    gemm(
+                        &mut state.gates,
+                        Mat::new(below, s, h),
+                        Mat::new(&layer.w_ih, g4, h).t(),
+                        true,
+                    );
                 }
             }
             // gates += W_hh h
@@ -138,11 +145,27 @@ impl StepWeights {
             if s == 1 {
                 matvec(&layer.w_hh, hk, &mut state.gates);
             } else {
-                gemm(&mut state.gates, Mat::new(hk, s, h), Mat::new(&layer.w_hh, g4, h).t(), true);
+                gemm(
+                    &mut state.gates,
+                    Mat::new(hk, s, h),
+                    Mat::new(&layer.w_hh, g4, h).t(),
+                    true,
+                );
             }
             state.c_prev.copy_from_slice(&state.c[k]);
-            let cell = if s >= 16 { par_cell_forward } else { cell_forward };
-            cell(&mut state.gates, Some(&state.c_prev), &mut state.c[k], &mut state.tanh_c, hk, h);
+            let cell = if s >= 16 {
+                par_cell_forward
+            } else {
+                cell_forward
+            };
+            cell(
+                &mut state.gates,
+                Some(&state.c_prev),
+                &mut state.c[k],
+                &mut state.tanh_c,
+                hk,
+                h,
+            );
         }
         let top = state.h.last().expect("at least one layer");
         for row in state.logits.chunks_exact_mut(self.vocab_size) {
@@ -151,7 +174,12 @@ impl StepWeights {
         if s == 1 {
             matvec(&self.out_w, top, &mut state.logits);
         } else {
-            gemm(&mut state.logits, Mat::new(top, s, h), Mat::new(&self.out_w, self.vocab_size, h).t(), true);
+            gemm(
+                &mut state.logits,
+                Mat::new(top, s, h),
+                Mat::new(&self.out_w, self.vocab_size, h).t(),
+                true,
+            );
         }
     }
 }
@@ -175,11 +203,21 @@ mod tests {
         let v = 13;
         let w = cfg.init_weights(v, 3, &Device::Cpu).unwrap();
         let model = CharLstm::from_weights(&w, &cfg, v, &Device::Cpu).unwrap();
-        let seqs: Vec<Vec<u32>> = (0..3).map(|s| (0..6).map(|t| ((t * 5 + s * 3) % v) as u32).collect()).collect();
+        let seqs: Vec<Vec<u32>> = (0..3)
+            .map(|s| (0..6).map(|t| ((t * 5 + s * 3) % v) as u32).collect())
+            .collect();
         // [T, B] time-major ids
-        let ids: Vec<u32> = (0..6).flat_map(|t| seqs.iter().map(move |q| q[t])).collect();
+        let ids: Vec<u32> = (0..6)
+            .flat_map(|t| seqs.iter().map(move |q| q[t]))
+            .collect();
         let ids = Tensor::from_vec(ids, (6, 3), &Device::Cpu).unwrap();
-        let want: Vec<f32> = model.forward(&ids, None).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let want: Vec<f32> = model
+            .forward(&ids, None)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let sw = StepWeights::from_model(&model).unwrap();
         for streams in [1, 3] {
             let mut st = sw.state(streams);
@@ -190,7 +228,10 @@ mod tests {
                     for j in 0..v {
                         let got = st.logits[s * v + j];
                         let exp = want[(t * 3 + s) * v + j];
-                        assert!((got - exp).abs() < 1e-4, "streams {streams} t {t} s {s} j {j}: {got} vs {exp}");
+                        assert!(
+                            (got - exp).abs() < 1e-4,
+                            "streams {streams} t {t} s {s} j {j}: {got} vs {exp}"
+                        );
                     }
                 }
             }

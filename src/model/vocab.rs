@@ -70,7 +70,11 @@ impl Vocab {
                 others.insert(c, id);
             }
         }
-        Vocab { chars, ascii, others }
+        Vocab {
+            chars,
+            ascii,
+            others,
+        }
     }
 
     /// Number of ids, symbols included: the model's input and output size.
@@ -100,7 +104,8 @@ impl Vocab {
 
     /// The character of `id`; `None` for the symbols and out-of-range ids.
     pub fn char(&self, id: u32) -> Option<char> {
-        id.checked_sub(FIRST_CHAR).and_then(|k| self.chars.get(k as usize).copied())
+        id.checked_sub(FIRST_CHAR)
+            .and_then(|k| self.chars.get(k as usize).copied())
     }
 
     /// Characters of `text` outside the vocabulary, counted.

@@ -1,1 +1,711 @@
-//! placeholder
+//! The training loop: epochs over a streamed corpus, validation loss, early stopping,
+//! best-only checkpoints, exact resume, and progress as a stream of [`TrainEvent`]s.
+//!
+//! Takes tweets through [`TweetSource`]; knows no bot, database or screen. Everything random
+//! (initial weights, shuffling, dropout) is derived from one seed and the step or epoch, so a
+//! run interrupted and resumed ends with the same weights as one that never stopped.
+
+pub mod batches;
+pub mod optim;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+pub use batches::{split_of, Batch, BatchStream, CorpusStats, Split, StreamSpec, TweetSource};
+use optim::{clip_scale, RmsProp};
+
+use crate::model::checkpoint::{self, load_tensors, save_tensors, Card, Checkpoint};
+use crate::model::{CharLstm, Dropout, ModelConfig, Vocab};
+use crate::{Error, Result};
+
+/// File name of the resume state (latest weights and optimizer state) in a checkpoint dir.
+pub const STATE_FILE: &str = "state.safetensors";
+
+/// Training hyperparameters. Stored in every checkpoint card.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Rows per batch.
+    pub batch_size: usize,
+    /// Characters per row (truncated backpropagation length).
+    pub seq_len: usize,
+    /// RMSprop learning rate.
+    pub learning_rate: f64,
+    /// RMSprop smoothing constant (PyTorch's `alpha`).
+    pub rms_alpha: f64,
+    /// RMSprop epsilon, added to the root mean square.
+    pub rms_eps: f64,
+    /// Gradients are scaled down to this global L2 norm (0: no clipping).
+    pub clip_norm: f64,
+    /// Passes over the training split.
+    pub num_epochs: u64,
+    /// Stop after this many steps in all (0: no limit).
+    pub max_steps: u64,
+    /// Fraction of tweets held out for validation, chosen by a hash of the tweet.
+    pub val_fraction: f64,
+    /// Validate every this many steps, and at each epoch end (0: only at epoch ends).
+    pub val_every: u64,
+    /// Batches of held-out text each validation reads (at most).
+    pub val_batches: usize,
+    /// Early stopping: validations without an improvement of `min_delta` before stopping.
+    pub patience: u32,
+    /// Early stopping: the smallest drop in validation loss that counts as an improvement.
+    pub min_delta: f64,
+    /// Characters seen fewer times than this map to the unknown symbol.
+    pub min_char_count: u64,
+    /// Windows held in the shuffle buffer (bounds memory; 1: no shuffling).
+    pub shuffle_windows: usize,
+    /// Seed of everything random: initial weights, shuffling, dropout.
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            batch_size: 128,
+            seq_len: 32,
+            learning_rate: 1e-3,
+            rms_alpha: 0.99,
+            rms_eps: 1e-8,
+            clip_norm: 5.0,
+            num_epochs: 10,
+            max_steps: 0,
+            val_fraction: 0.1,
+            val_every: 500,
+            val_batches: 16,
+            patience: 3,
+            min_delta: 0.01,
+            min_char_count: 3,
+            shuffle_windows: 8192,
+            seed: 42,
+        }
+    }
+}
+
+/// Why training stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// Every epoch ran.
+    Completed,
+    /// `max_steps` was reached; `--restore` with a larger limit continues.
+    MaxSteps,
+    /// Validation loss stopped improving.
+    EarlyStopped,
+    /// The user asked to stop; `--restore` continues.
+    Cancelled,
+}
+
+/// Where a run stands. Saved with the resume state; a resumed run continues from here.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Progress {
+    /// Optimizer steps taken.
+    pub step: u64,
+    /// Current epoch (0-based).
+    pub epoch: u64,
+    /// Batches of the current epoch already trained on.
+    pub batch_in_epoch: u64,
+    /// Best validation loss so far (nats per character).
+    pub best_val_loss: Option<f64>,
+    /// Step of the best validation loss (the weights in `model.safetensors`).
+    pub best_step: u64,
+    /// Validation loss of the last validation.
+    pub last_val_loss: Option<f64>,
+    /// Validations in a row without an improvement of `min_delta`.
+    pub evals_without_improvement: u32,
+    /// Why the last run stopped, if it did.
+    pub stopped: Option<StopReason>,
+    /// Wall-clock seconds spent training, over all runs.
+    pub train_seconds: f64,
+}
+
+/// What the trainer writes into a checkpoint card's `training` field.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingRecord {
+    /// Hyperparameters.
+    pub config: TrainConfig,
+    /// The corpus trained on.
+    pub corpus: CorpusStats,
+    /// Where the run stands.
+    pub progress: Progress,
+    /// The resume-state file (latest weights and optimizer state).
+    pub state_file: String,
+    /// Validation history: (step, training loss, validation loss).
+    pub history: Vec<(u64, f64, f64)>,
+}
+
+/// Progress of a run, sent on a channel: the CLI draws it with indicatif, the TUI with its
+/// gauges and sparklines.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TrainEvent {
+    /// The run starts (or resumes).
+    Started {
+        /// Batches per epoch.
+        steps_per_epoch: u64,
+        /// Steps this run will take at most, counted from step 0.
+        total_steps: u64,
+        /// First step of this run (0 when not resumed).
+        start_step: u64,
+        /// Training tokens per epoch.
+        train_chars: u64,
+        /// Held-out tokens.
+        val_chars: u64,
+        /// Vocabulary size.
+        vocab_size: usize,
+        /// Trainable parameters.
+        params: usize,
+        /// Where it runs ("cpu, 2 threads", "cuda:0").
+        device: String,
+    },
+    /// One optimizer step done.
+    Step {
+        /// Steps done.
+        step: u64,
+        /// Current epoch (0-based).
+        epoch: u64,
+        /// Batches done in this epoch.
+        batch_in_epoch: u64,
+        /// Training loss of this batch (nats per character).
+        loss: f64,
+        /// Training speed, characters per second (smoothed).
+        chars_per_s: f64,
+        /// Estimated seconds left.
+        eta_s: f64,
+    },
+    /// A validation finished.
+    Validated {
+        /// At step.
+        step: u64,
+        /// Validation loss (nats per character).
+        val_loss: f64,
+        /// Best so far, this one included.
+        best_val_loss: f64,
+        /// This one is the new best (and was saved).
+        improved: bool,
+    },
+    /// The run ended; the checkpoint is saved.
+    Finished {
+        /// Why.
+        reason: StopReason,
+        /// Steps done.
+        step: u64,
+        /// Best validation loss.
+        best_val_loss: Option<f64>,
+    },
+}
+
+/// A training run over a checkpoint directory.
+pub struct Trainer<'a> {
+    config: TrainConfig,
+    model_config: ModelConfig,
+    vocab: Vocab,
+    source: &'a dyn TweetSource,
+    stats: CorpusStats,
+    dir: PathBuf,
+    device: Device,
+    learner: Learner,
+    progress: Progress,
+    history: Vec<(u64, f64, f64)>,
+    val_set: Vec<Batch>,
+}
+
+impl<'a> Trainer<'a> {
+    /// A new run from fresh weights: scans the corpus, builds the vocabulary.
+    pub fn new(
+        source: &'a dyn TweetSource,
+        dir: &Path,
+        model_config: ModelConfig,
+        config: TrainConfig,
+        device: Device,
+    ) -> Result<Self> {
+        let stats = CorpusStats::scan(source, config.val_fraction)?;
+        let vocab = Vocab::from_counts(&stats.char_counts, config.min_char_count);
+        let weights = model_config.init_weights(vocab.len(), config.seed, &device)?;
+        Trainer::build(
+            source,
+            dir,
+            model_config,
+            config,
+            vocab,
+            stats,
+            weights,
+            None,
+            device,
+        )
+    }
+
+    /// Continues the run saved in `dir` from its last state: same step, weights, optimizer
+    /// state and random streams. `adjust` may change what is safe to change on resume (the
+    /// learning rate, epochs, step limit, early stopping).
+    pub fn resume(
+        source: &'a dyn TweetSource,
+        dir: &Path,
+        adjust: impl FnOnce(&mut TrainConfig),
+        device: Device,
+    ) -> Result<Self> {
+        let card = checkpoint::read_card(dir)?;
+        let record: TrainingRecord = match &card.training {
+            Some(v) => serde_json::from_value(v.clone()).map_err(|e| {
+                Error::checkpoint(
+                    dir.join(checkpoint::CARD_FILE),
+                    format!("training record unreadable ({e})"),
+                    "train without --restore",
+                )
+            })?,
+            None => {
+                return Err(Error::checkpoint(
+                    dir.join(checkpoint::CARD_FILE),
+                    "has no training record to resume",
+                    "train without --restore",
+                ))
+            }
+        };
+        let mut config = record.config.clone();
+        adjust(&mut config);
+        let state_path = dir.join(&record.state_file);
+        let (state, meta) = load_tensors(&state_path, &device)?;
+        let progress: Progress = meta
+            .get("progress")
+            .and_then(|p| serde_json::from_str(p).ok())
+            .ok_or_else(|| {
+                Error::checkpoint(
+                    &state_path,
+                    "no progress record in the state file",
+                    "train without --restore",
+                )
+            })?;
+        let weights: HashMap<String, Tensor> = state
+            .iter()
+            .filter_map(|(k, t)| {
+                k.strip_prefix("weights.")
+                    .map(|n| (n.to_string(), t.clone()))
+            })
+            .collect();
+        checkpoint::check_weights(&state_path, &weights, &card.model, card.vocab.len())?;
+        let stats = CorpusStats::scan(source, config.val_fraction)?;
+        if stats.train_tokens != record.corpus.train_tokens
+            || stats.val_tokens != record.corpus.val_tokens
+        {
+            tracing::warn!(
+                "corpus differs from the one this run started on ({} vs {} training characters): resume is not exact",
+                stats.train_tokens,
+                record.corpus.train_tokens
+            );
+        }
+        let history = record.history.clone();
+        let mut t = Trainer::build(
+            source,
+            dir,
+            card.model,
+            config,
+            card.vocab,
+            stats,
+            weights,
+            Some(progress),
+            device,
+        )?;
+        t.learner.opt.load_state(&state, &state_path)?;
+        t.history = history;
+        Ok(t)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        source: &'a dyn TweetSource,
+        dir: &Path,
+        model_config: ModelConfig,
+        config: TrainConfig,
+        vocab: Vocab,
+        stats: CorpusStats,
+        weights: HashMap<String, Tensor>,
+        progress: Option<Progress>,
+        device: Device,
+    ) -> Result<Self> {
+        let too_small = |what: &str| {
+            Error::corpus(
+                source.describe(),
+                format!(
+                    "too small: {what} ({} tweets, {} training and {} held-out characters)",
+                    stats.train_tweets + stats.val_tweets,
+                    stats.train_tokens,
+                    stats.val_tokens
+                ),
+                "add tweets, or lower --batch-size and --seq-len",
+            )
+        };
+        if stats.windows(Split::Train, config.seq_len) < config.batch_size as u64 {
+            return Err(too_small(&format!(
+                "the training split makes no full batch of {} x {} characters",
+                config.batch_size, config.seq_len
+            )));
+        }
+        let learner = Learner::new(&weights, &model_config, vocab.len(), &config, &device)?;
+        let val_spec = StreamSpec {
+            split: Split::Validation,
+            val_fraction: config.val_fraction,
+            batch: config.batch_size,
+            seq_len: config.seq_len,
+            shuffle_windows: 1,
+            seed: 0,
+            keep_partial: true,
+        };
+        let val_set: Vec<Batch> = BatchStream::new(source, &vocab, val_spec)?
+            .take(config.val_batches.max(1))
+            .collect::<Result<_>>()?;
+        if val_set.is_empty() {
+            return Err(too_small("the held-out split has no full window of text"));
+        }
+        Ok(Trainer {
+            config,
+            model_config,
+            vocab,
+            source,
+            stats,
+            dir: dir.to_path_buf(),
+            device,
+            learner,
+            progress: progress.unwrap_or_default(),
+            history: Vec::new(),
+            val_set,
+        })
+    }
+
+    /// The vocabulary trained with.
+    pub fn vocab(&self) -> &Vocab {
+        &self.vocab
+    }
+
+    /// Where the run stands.
+    pub fn progress(&self) -> &Progress {
+        &self.progress
+    }
+
+    /// Batches per epoch.
+    pub fn steps_per_epoch(&self) -> u64 {
+        self.stats.windows(Split::Train, self.config.seq_len) / self.config.batch_size as u64
+    }
+
+    fn total_steps(&self) -> u64 {
+        let all = self.steps_per_epoch() * self.config.num_epochs;
+        if self.config.max_steps > 0 {
+            all.min(self.config.max_steps)
+        } else {
+            all
+        }
+    }
+
+    fn tensors(&self, b: &Batch) -> Result<(Tensor, Tensor)> {
+        let shape = (b.seq_len, b.batch);
+        Ok((
+            Tensor::from_vec(b.inputs.clone(), shape, &self.device)?,
+            Tensor::from_vec(b.targets.clone(), shape, &self.device)?,
+        ))
+    }
+
+    /// One optimizer step on `batch`; returns the batch's loss.
+    fn train_step(&mut self, batch: &Batch) -> Result<f64> {
+        let (x, y) = self.tensors(batch)?;
+        // Dropout masks come from (seed, step): the same on resume.
+        let seed = mix(self.config.seed, self.progress.step);
+        self.learner.step(&x, &y, seed, self.config.clip_norm)
+    }
+
+    /// Mean loss over the held-out batches, weighted by characters.
+    pub fn validate(&self) -> Result<f64> {
+        let (mut sum, mut n) = (0f64, 0usize);
+        for b in &self.val_set {
+            let (x, y) = self.tensors(b)?;
+            let loss = self.learner.model.loss(&x, &y, None)?.to_scalar::<f32>()? as f64;
+            sum += loss * (b.batch * b.seq_len) as f64;
+            n += b.batch * b.seq_len;
+        }
+        Ok(sum / n as f64)
+    }
+
+    /// Validates, records, saves the best weights when they improve; true when early
+    /// stopping says stop.
+    fn validate_and_save(&mut self, train_loss: f64, events: &Sender<TrainEvent>) -> Result<bool> {
+        let val = self.validate()?;
+        let p = &mut self.progress;
+        let improved = p.best_val_loss.is_none_or(|b| val < b);
+        if p.best_val_loss
+            .is_none_or(|b| val < b - self.config.min_delta)
+        {
+            p.evals_without_improvement = 0;
+        } else {
+            p.evals_without_improvement += 1;
+        }
+        p.last_val_loss = Some(val);
+        if improved {
+            p.best_val_loss = Some(val);
+            p.best_step = p.step;
+        }
+        self.history.push((self.progress.step, train_loss, val));
+        if improved {
+            let card = self.card();
+            Checkpoint::save(&self.dir, &card, &self.learner.model.weights())?;
+        }
+        self.save_state()?;
+        let _ = events.send(TrainEvent::Validated {
+            step: self.progress.step,
+            val_loss: val,
+            best_val_loss: self.progress.best_val_loss.unwrap_or(val),
+            improved,
+        });
+        Ok(self.config.patience > 0
+            && self.progress.evals_without_improvement >= self.config.patience)
+    }
+
+    fn card(&self) -> Card {
+        let mut card = Card::new(self.model_config.clone(), self.vocab.clone());
+        let record = TrainingRecord {
+            config: self.config.clone(),
+            corpus: self.stats.clone(),
+            progress: self.progress.clone(),
+            state_file: STATE_FILE.to_string(),
+            history: self.history.clone(),
+        };
+        card.training = Some(serde_json::to_value(record).expect("a record always serialises"));
+        card
+    }
+
+    /// Writes the resume state (latest weights, optimizer state, progress), then the card.
+    fn save_state(&self) -> Result<()> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        let mut tensors: HashMap<String, Tensor> = self
+            .learner
+            .model
+            .weights()
+            .into_iter()
+            .map(|(k, t)| (format!("weights.{k}"), t))
+            .collect();
+        tensors.extend(self.learner.opt.state());
+        let mut meta = HashMap::new();
+        meta.insert(
+            "progress".to_string(),
+            serde_json::to_string(&self.progress).expect("progress serialises"),
+        );
+        save_tensors(&self.dir.join(STATE_FILE), tensors.iter(), meta)?;
+        if self.dir.join(checkpoint::WEIGHTS_FILE).exists() {
+            checkpoint::write_card(&self.dir, &self.card())?;
+        }
+        Ok(())
+    }
+
+    /// Trains until the epochs, the step limit, early stopping or `cancel` end the run.
+    /// Progress goes to `events` (a dropped receiver does not stop training).
+    pub fn run(&mut self, events: &Sender<TrainEvent>, cancel: &AtomicBool) -> Result<StopReason> {
+        let steps_per_epoch = self.steps_per_epoch();
+        let total = self.total_steps();
+        let start_step = self.progress.step;
+        let _ = events.send(TrainEvent::Started {
+            steps_per_epoch,
+            total_steps: total,
+            start_step,
+            train_chars: self.stats.train_tokens,
+            val_chars: self.stats.val_tokens,
+            vocab_size: self.vocab.len(),
+            params: self
+                .learner
+                .opt
+                .params()
+                .iter()
+                .map(|(_, v)| v.elem_count())
+                .sum(),
+            device: describe_device(&self.device),
+        });
+        let chars_per_step = (self.config.batch_size * self.config.seq_len) as f64;
+        let started = Instant::now();
+        let seconds_before = self.progress.train_seconds;
+        self.progress.stopped = None;
+        let mut speed = 0f64;
+        let mut last_loss = f64::NAN;
+        let reason = 'run: loop {
+            if self.progress.epoch >= self.config.num_epochs {
+                break StopReason::Completed;
+            }
+            let spec = StreamSpec {
+                split: Split::Train,
+                val_fraction: self.config.val_fraction,
+                batch: self.config.batch_size,
+                seq_len: self.config.seq_len,
+                shuffle_windows: self.config.shuffle_windows,
+                seed: mix(self.config.seed, 1_000_000 + self.progress.epoch),
+                keep_partial: false,
+            };
+            let source = self.source;
+            let vocab = self.vocab.clone();
+            let mut stream =
+                BatchStream::new(source, &vocab, spec)?.skip(self.progress.batch_in_epoch as usize);
+            loop {
+                if cancel.load(Ordering::Relaxed) {
+                    break 'run StopReason::Cancelled;
+                }
+                if self.config.max_steps > 0 && self.progress.step >= self.config.max_steps {
+                    break 'run StopReason::MaxSteps;
+                }
+                let Some(batch) = stream.next().transpose()? else {
+                    break;
+                };
+                let t0 = Instant::now();
+                last_loss = self.train_step(&batch)?;
+                if !last_loss.is_finite() {
+                    return Err(Error::invalid(
+                        format!(
+                            "training diverged at step {}: loss is {last_loss}",
+                            self.progress.step
+                        ),
+                        "resume with a lower --learning-rate (the last saved state is intact)",
+                    ));
+                }
+                let dt = t0.elapsed().as_secs_f64();
+                speed = if speed == 0.0 {
+                    chars_per_step / dt
+                } else {
+                    0.9 * speed + 0.1 * chars_per_step / dt
+                };
+                self.progress.step += 1;
+                self.progress.batch_in_epoch += 1;
+                self.progress.train_seconds = seconds_before + started.elapsed().as_secs_f64();
+                let done_here = (self.progress.step - start_step) as f64;
+                let eta = started.elapsed().as_secs_f64() / done_here
+                    * total.saturating_sub(self.progress.step) as f64;
+                let _ = events.send(TrainEvent::Step {
+                    step: self.progress.step,
+                    epoch: self.progress.epoch,
+                    batch_in_epoch: self.progress.batch_in_epoch,
+                    loss: last_loss,
+                    chars_per_s: speed,
+                    eta_s: eta,
+                });
+                if self.config.val_every > 0
+                    && self.progress.step % self.config.val_every == 0
+                    && self.validate_and_save(last_loss, events)?
+                {
+                    break 'run StopReason::EarlyStopped;
+                }
+            }
+            // Epoch end: validate unless that just happened.
+            self.progress.epoch += 1;
+            self.progress.batch_in_epoch = 0;
+            let just_validated = self
+                .history
+                .last()
+                .is_some_and(|h| h.0 == self.progress.step);
+            if !just_validated && self.validate_and_save(last_loss, events)? {
+                break StopReason::EarlyStopped;
+            }
+            if just_validated {
+                self.save_state()?;
+            }
+        };
+        self.progress.train_seconds = seconds_before + started.elapsed().as_secs_f64();
+        self.progress.stopped = Some(reason);
+        if !self
+            .history
+            .last()
+            .is_some_and(|h| h.0 == self.progress.step)
+        {
+            // Report the loss of the latest weights without making it a validation point: an
+            // interrupted run must take the same early-stopping decisions as one that never
+            // stopped, so this one neither counts nor saves.
+            let val = self.validate()?;
+            let _ = events.send(TrainEvent::Validated {
+                step: self.progress.step,
+                val_loss: val,
+                best_val_loss: self.progress.best_val_loss.unwrap_or(val),
+                improved: false,
+            });
+        }
+        if !self.dir.join(checkpoint::WEIGHTS_FILE).exists() {
+            // Stopped before the first validation: still leave a usable model.
+            Checkpoint::save(&self.dir, &self.card(), &self.learner.model.weights())?;
+        }
+        self.save_state()?;
+        let _ = events.send(TrainEvent::Finished {
+            reason,
+            step: self.progress.step,
+            best_val_loss: self.progress.best_val_loss,
+        });
+        Ok(reason)
+    }
+
+    /// The current (latest) weights.
+    pub fn weights(&self) -> HashMap<String, Tensor> {
+        self.learner.model.weights()
+    }
+}
+
+/// A model and its optimizer: one training step, shared by the trainer and the benchmark.
+pub struct Learner {
+    /// The model, over the optimizer's variables.
+    pub model: CharLstm,
+    /// RMSprop over every weight.
+    pub opt: RmsProp,
+    drop_rate: f32,
+}
+
+impl Learner {
+    /// Trainable variables initialised from `weights`.
+    pub fn new(
+        weights: &HashMap<String, Tensor>,
+        model_config: &ModelConfig,
+        vocab_size: usize,
+        config: &TrainConfig,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut params = Vec::new();
+        let mut vars = HashMap::new();
+        for (name, _) in model_config.weight_shapes(vocab_size) {
+            let var = Var::from_tensor(&weights[&name].to_device(device)?)?;
+            vars.insert(name.clone(), var.as_tensor().clone());
+            params.push((name, var));
+        }
+        Ok(Learner {
+            model: CharLstm::from_weights(&vars, model_config, vocab_size, device)?,
+            opt: RmsProp::new(
+                params,
+                config.learning_rate,
+                config.rms_alpha,
+                config.rms_eps,
+            )?,
+            drop_rate: model_config.drop_rate,
+        })
+    }
+
+    /// Forward, backward, clip to `clip_norm`, update; dropout masks from `seed`. Returns
+    /// the batch's loss.
+    pub fn step(&mut self, x: &Tensor, y: &Tensor, seed: u64, clip_norm: f64) -> Result<f64> {
+        let mut dropout = Dropout::new(self.drop_rate, seed);
+        let loss = self.model.loss(x, y, Some(&mut dropout))?;
+        let grads = loss.backward()?;
+        let scale = clip_scale(self.opt.grad_norm(&grads)?, clip_norm);
+        self.opt.step(&grads, scale)?;
+        Ok(loss.to_scalar::<f32>()? as f64)
+    }
+}
+
+/// A seed for stream `k` of a run seeded with `seed` (SplitMix64 finaliser).
+pub fn mix(seed: u64, k: u64) -> u64 {
+    let mut z = seed ^ k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// "cpu, N threads" or the CUDA device.
+pub fn describe_device(device: &Device) -> String {
+    match device {
+        Device::Cpu => format!("cpu, {} threads", candle_core::utils::get_num_threads()),
+        Device::Cuda(_) => "cuda".to_string(),
+        Device::Metal(_) => "metal".to_string(),
+    }
+}

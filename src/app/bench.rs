@@ -1,0 +1,142 @@
+//! `aviary bench`: the reference model's training and sampling speed, printed as JSON lines of
+//! the same shape as `shared/bench/torch_charlstm.py`, so both can be compared in one run.
+
+use std::io::Read;
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::Tensor;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde_json::{json, Value};
+
+use crate::generate::{sample_token, SampleConfig};
+use crate::model::{ModelConfig, StepWeights, Vocab, EOT};
+use crate::train::{describe_device, Learner, TrainConfig};
+use crate::{Error, Result};
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct BenchRequest {
+    /// Timed training steps (after 3 warm-up steps).
+    pub steps: usize,
+    /// Characters sampled per stream.
+    pub gen_chars: usize,
+    /// Characters of the corpus read.
+    pub limit: usize,
+    /// Stream counts to sample with.
+    pub streams: Vec<usize>,
+    /// LSTM units.
+    pub hidden: usize,
+    /// `cpu`, `cuda`, ...
+    pub device: Option<String>,
+}
+
+impl Default for BenchRequest {
+    fn default() -> Self {
+        BenchRequest {
+            steps: 40,
+            gen_chars: 280,
+            limit: 4_000_000,
+            streams: vec![1, 64],
+            hidden: 512,
+            device: None,
+        }
+    }
+}
+
+/// Runs the benchmark on `corpus` (any text) and returns one JSON object per measurement.
+pub fn run(corpus: &Path, req: &BenchRequest, mut report: impl FnMut(&Value)) -> Result<()> {
+    let device = super::pick_device(req.device.as_deref())?;
+    let mut text = String::new();
+    std::fs::File::open(corpus)
+        .and_then(|f| f.take(req.limit as u64 * 4).read_to_string(&mut text))
+        .map_err(|e| Error::io(corpus, e))?;
+    let text: String = text.chars().take(req.limit).collect();
+    let mut chars: Vec<char> = text.chars().filter(|c| !c.is_control()).collect();
+    chars.sort_unstable();
+    chars.dedup();
+    let vocab = Vocab::from_chars(chars);
+    let data: Vec<u32> = text
+        .chars()
+        .map(|c| if c == '\n' { EOT } else { vocab.id(c) })
+        .collect();
+
+    let model_config = ModelConfig {
+        rnn_size: req.hidden,
+        ..ModelConfig::default()
+    };
+    let train = TrainConfig::default();
+    let (b, t) = (train.batch_size, train.seq_len);
+    let cols = (data.len() - 1) / (b * t) * t;
+    if cols == 0 {
+        return Err(Error::corpus(
+            corpus,
+            "too small for one batch of 128 x 32 characters",
+            "pass a larger --corpus",
+        ));
+    }
+    // Like the reference script: the text as `b` rows, windows taken left to right.
+    let batch_at = |k: usize| -> Result<(Tensor, Tensor)> {
+        let off = (k * t) % cols;
+        let mut x = vec![0u32; t * b];
+        let mut y = vec![0u32; t * b];
+        for r in 0..b {
+            for s in 0..t {
+                x[s * b + r] = data[r * cols + off + s];
+                y[s * b + r] = data[r * cols + off + s + 1];
+            }
+        }
+        Ok((
+            Tensor::from_vec(x, (t, b), &device)?,
+            Tensor::from_vec(y, (t, b), &device)?,
+        ))
+    };
+    let weights = model_config.init_weights(vocab.len(), 0, &device)?;
+    let mut learner = Learner::new(&weights, &model_config, vocab.len(), &train, &device)?;
+    for k in 0..3 {
+        let (x, y) = batch_at(k)?;
+        learner.step(&x, &y, k as u64, train.clip_norm)?;
+    }
+    let start = Instant::now();
+    let mut loss = 0.0;
+    for k in 0..req.steps {
+        let (x, y) = batch_at(3 + k)?;
+        loss = learner.step(&x, &y, k as u64, train.clip_norm)?;
+    }
+    let dt = start.elapsed().as_secs_f64();
+    let framework = format!("aviary {} (candle 0.11)", env!("CARGO_PKG_VERSION"));
+    let threads = candle_core::utils::get_num_threads();
+    report(&json!({
+        "what": "train", "framework": framework, "device": describe_device(&device), "threads": threads,
+        "steps": req.steps, "chars_per_s": (req.steps * b * t) as f64 / dt, "final_loss": loss,
+    }));
+
+    let step_weights = StepWeights::from_model(&learner.model)?;
+    let sample = SampleConfig::default();
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let v = vocab.len();
+    for &streams in &req.streams {
+        let mut state = step_weights.state(streams);
+        let mut tokens = vec![0u32; streams];
+        let mut scratch = Vec::with_capacity(v);
+        let start = Instant::now();
+        for _ in 0..req.gen_chars {
+            step_weights.step(&mut state, &tokens);
+            for (s, tok) in tokens.iter_mut().enumerate() {
+                *tok = sample_token(
+                    &state.logits[s * v..(s + 1) * v],
+                    &sample,
+                    &mut rng,
+                    &mut scratch,
+                );
+            }
+        }
+        let dt = start.elapsed().as_secs_f64();
+        report(&json!({
+            "what": "generate", "framework": framework, "device": describe_device(&device), "threads": threads,
+            "streams": streams, "chars_per_s": (streams * req.gen_chars) as f64 / dt,
+        }));
+    }
+    Ok(())
+}
