@@ -2,6 +2,11 @@
 
 use std::process::ExitCode;
 
+// Training allocates and frees the same large buffers every step; mimalloc keeps them mapped
+// where the system allocator returns them to the OS and page-faults them back in each time.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     match aviary::cli::run() {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,8 +1,10 @@
 //! The LSTM recurrence over a whole sequence as one candle op, with its own forward and
 //! backward (BPTT), next to the unfused reference it must match.
 //!
-//! The input projection of every time step is done beforehand as one big matmul by the caller;
-//! what is left per step is one [B, H] x [H, 4H] matmul plus one tight loop over the gates.
+//! The op does the input projection of every time step as one big matmul, then per step one
+//! [B, H] x [H, 4H] matmul plus one tight loop over the gates. Biases ride along as an extra
+//! input column of ones, so the op has three inputs and candle's autograd only ever sees the
+//! small input and weight tensors, never the [T, B, 4H] gates.
 //! The forward pass keeps the gate activations and cell states for the backward pass inside
 //! the op (candle keeps the op alive in the graph), so nothing is recomputed. Gate order is
 //! i, f, g, o, as in PyTorch and `candle_nn::rnn`.
@@ -13,31 +15,33 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor};
 
 use super::kernels::{gemm, par_cell_backward, par_cell_forward, Mat};
 
-/// Runs an LSTM layer over a sequence: `xproj` [T, B, 4H] (input projection, no bias),
-/// `w_hh` [4H, H], `bias` [4H] (b_ih + b_hh) -> hidden states [T, B, H], starting from zero
-/// state. On the CPU this is the fused op; elsewhere (CUDA) the unfused candle ops.
-pub fn lstm_sequence(xproj: &Tensor, w_hh: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
-    if xproj.device().is_cpu() && xproj.dtype() == DType::F32 {
-        xproj
-            .contiguous()?
-            .apply_op3(w_hh, bias, FusedLstm::default())
+/// Runs an LSTM layer over a sequence from zero state: `x` [T, B, I] is the layer input
+/// with a last column of ones, `w_in` [4H, I] is W_ih with the summed biases as last column,
+/// `w_hh` [4H, H]; returns the hidden states [T, B, H]. On the CPU this is the fused op;
+/// elsewhere (CUDA) the unfused candle ops.
+pub fn lstm_sequence(x: &Tensor, w_in: &Tensor, w_hh: &Tensor) -> candle_core::Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        x.contiguous()?
+            .apply_op3(&w_in.contiguous()?, &w_hh.contiguous()?, FusedLstm::default())
     } else {
-        lstm_reference(xproj, w_hh, bias)
+        lstm_reference(x, w_in, w_hh)
     }
 }
 
 /// The unfused formulation, step by step with candle ops: the reference the fused op is
 /// tested against, and the path on devices the fused op does not run on.
-pub fn lstm_reference(xproj: &Tensor, w_hh: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
-    let (steps, batch, g4) = xproj.dims3()?;
-    let hidden = g4 / 4;
+pub fn lstm_reference(x: &Tensor, w_in: &Tensor, w_hh: &Tensor) -> candle_core::Result<Tensor> {
+    let (steps, batch, inputs) = x.dims3()?;
+    let hidden = w_hh.dim(1)?;
+    // The input projection of all time steps in one matmul: [TB, I] x [I, 4H].
+    let xproj = x.reshape((steps * batch, inputs))?.matmul(&w_in.t()?)?.reshape((steps, batch, 4 * hidden))?;
     let w_t = w_hh.t()?;
-    let mut h = Tensor::zeros((batch, hidden), xproj.dtype(), xproj.device())?;
+    let mut h = Tensor::zeros((batch, hidden), x.dtype(), x.device())?;
     let mut c = h.clone();
     let mut hs = Vec::with_capacity(steps);
     for t in 0..steps {
         // gates: [B, 4H]
-        let gates = xproj.get(t)?.add(&h.matmul(&w_t)?)?.broadcast_add(bias)?;
+        let gates = xproj.get(t)?.add(&h.matmul(&w_t)?)?;
         let i = candle_nn::ops::sigmoid(&gates.narrow(1, 0, hidden)?)?;
         let f = candle_nn::ops::sigmoid(&gates.narrow(1, hidden, hidden)?)?;
         let g = gates.narrow(1, 2 * hidden, hidden)?.tanh()?;
@@ -99,26 +103,25 @@ impl CustomOp3 for FusedLstm {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (steps, batch, g4) = l1.shape().dims3()?;
-        let (g4w, hidden) = l2.shape().dims2()?;
-        if g4 != 4 * hidden || g4w != g4 || l3.shape().dims1()? != g4 {
+        let (steps, batch, inputs) = l1.shape().dims3()?;
+        let (g4, hidden) = l3.shape().dims2()?;
+        if g4 != 4 * hidden || l2.shape().dims2()? != (g4, inputs) {
             candle_core::bail!(
-                "fused-lstm: shapes disagree: xproj {:?}, w_hh {:?}, bias {:?} (want [T,B,4H], [4H,H], [4H])",
+                "fused-lstm: shapes disagree: x {:?}, w_in {:?}, w_hh {:?} (want [T,B,I], [4H,I], [4H,H])",
                 l1.shape(),
                 l2.shape(),
                 l3.shape()
             );
         }
-        let xproj = contiguous_f32(s1, l1, "xproj")?;
-        let w = contiguous_f32(s2, l2, "w_hh")?;
-        let bias = contiguous_f32(s3, l3, "bias")?;
+        let x = contiguous_f32(s1, l1, "x")?;
+        let w_in = contiguous_f32(s2, l2, "w_in")?;
+        let w = contiguous_f32(s3, l3, "w_hh")?;
         let bh = batch * hidden;
 
-        // acts starts as xproj + bias and becomes the activated gates, step by step.
-        let mut acts = Vec::with_capacity(xproj.len());
-        for row in xproj.chunks_exact(g4) {
-            acts.extend(row.iter().zip(bias).map(|(x, b)| x + b));
-        }
+        // acts starts as the input projection of every step (biases included) and becomes the
+        // activated gates, step by step: [TB, I] x [I, 4H].
+        let mut acts = vec![0f32; steps * batch * g4];
+        gemm(&mut acts, Mat::new(x, steps * batch, inputs), Mat::new(w_in, g4, inputs).t(), false);
         let mut c = vec![0f32; steps * bh];
         let mut tanh_c = vec![0f32; steps * bh];
         let mut h = vec![0f32; steps * bh];
@@ -156,9 +159,9 @@ impl CustomOp3 for FusedLstm {
 
     fn bwd(
         &self,
-        xproj: &Tensor,
+        x: &Tensor,
+        w_in: &Tensor,
         w_hh: &Tensor,
-        _bias: &Tensor,
         res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
@@ -170,13 +173,14 @@ impl CustomOp3 for FusedLstm {
         let Some(saved) = saved else {
             candle_core::bail!("fused-lstm: backward called before forward");
         };
-        let (steps, batch, g4) = xproj.dims3()?;
-        let hidden = g4 / 4;
+        let (steps, batch, inputs) = x.dims3()?;
+        let (g4, hidden) = w_hh.dims2()?;
         let bh = batch * hidden;
         let grad_res = grad_res.contiguous()?;
         let mut dgates = vec![0f32; steps * batch * g4];
         let mut dw = vec![0f32; g4 * hidden];
-        let mut dbias = vec![0f32; g4];
+        let mut dx = vec![0f32; steps * batch * inputs];
+        let mut dw_in = vec![0f32; g4 * inputs];
         with_f32(w_hh, "w_hh", |w| {
             with_f32(&grad_res, "grad", |dh_out| {
                 with_f32(res, "h", |h| {
@@ -217,23 +221,18 @@ impl CustomOp3 for FusedLstm {
                             false,
                         );
                     }
-                    // dbias = column sums of dgates, as ones[1, TB] @ dgates[TB, 4H].
-                    let ones = vec![1f32; steps * batch];
-                    let all_rows = Mat::new(&dgates, steps * batch, g4);
-                    gemm(
-                        &mut dbias,
-                        Mat::new(&ones, 1, steps * batch),
-                        all_rows,
-                        false,
-                    );
                 })
             })
         })???;
-        let dev = xproj.device();
+        // dx = dgates @ w_in: [TB, 4H] x [4H, I]; dw_in = dgates^T @ x: [4H, TB] x [TB, I].
+        let all = Mat::new(&dgates, steps * batch, g4);
+        with_f32(w_in, "w_in", |w_in| gemm(&mut dx, all, Mat::new(w_in, g4, inputs), false))?;
+        with_f32(x, "x", |x| gemm(&mut dw_in, all.t(), Mat::new(x, steps * batch, inputs), false))?;
+        let dev = x.device();
         Ok((
-            Some(Tensor::from_vec(dgates, (steps, batch, g4), dev)?),
+            Some(Tensor::from_vec(dx, (steps, batch, inputs), dev)?),
+            Some(Tensor::from_vec(dw_in, (g4, inputs), dev)?),
             Some(Tensor::from_vec(dw, (g4, hidden), dev)?),
-            Some(Tensor::from_vec(dbias, g4, dev)?),
         ))
     }
 }
@@ -277,14 +276,14 @@ mod tests {
     /// unfused formulation, with a loss that weights every output differently.
     #[test]
     fn fused_matches_autograd_reference() {
-        let (t, b, h) = (7, 5, 16);
-        let xproj = Var::from_tensor(&rand_tensor(&[t, b, 4 * h], 1, 1.5)).unwrap();
+        let (t, b, i, h) = (7, 5, 6, 16);
+        let xproj = Var::from_tensor(&rand_tensor(&[t, b, i], 1, 1.5)).unwrap();
+        let bias = Var::from_tensor(&rand_tensor(&[4 * h, i], 3, 0.5)).unwrap();
         let w = Var::from_tensor(&rand_tensor(&[4 * h, h], 2, 0.4)).unwrap();
-        let bias = Var::from_tensor(&rand_tensor(&[4 * h], 3, 0.5)).unwrap();
         let probe = rand_tensor(&[t, b, h], 4, 1.0);
 
-        let fused = lstm_sequence(&xproj, &w, &bias).unwrap();
-        let reference = lstm_reference(&xproj, &w, &bias).unwrap();
+        let fused = lstm_sequence(&xproj, &bias, &w).unwrap();
+        let reference = lstm_reference(&xproj, &bias, &w).unwrap();
         let fwd = max_diff(&fused, &reference);
         println!("fused-lstm forward max diff {fwd:e}");
         assert!(fwd < 1e-5, "forward differs by {fwd}");
@@ -303,7 +302,7 @@ mod tests {
             .unwrap()
             .backward()
             .unwrap();
-        for (name, v) in [("xproj", &xproj), ("w_hh", &w), ("bias", &bias)] {
+        for (name, v) in [("x", &xproj), ("w_in", &bias), ("w_hh", &w)] {
             let d = max_diff(gf.get(v).unwrap(), gr.get(v).unwrap());
             println!("fused-lstm d{name} max diff {d:e}");
             assert!(d < 1e-4, "gradient of {name} differs by {d}");
@@ -314,14 +313,14 @@ mod tests {
     /// tiny model (the reference formulation evaluated in f64).
     #[test]
     fn fused_matches_finite_differences() {
-        let (t, b, h) = (4, 2, 3);
-        let xproj = Var::from_tensor(&rand_tensor(&[t, b, 4 * h], 11, 1.0)).unwrap();
+        let (t, b, i, h) = (4, 2, 3, 3);
+        let xproj = Var::from_tensor(&rand_tensor(&[t, b, i], 11, 1.0)).unwrap();
+        let bias = Var::from_tensor(&rand_tensor(&[4 * h, i], 13, 0.5)).unwrap();
         let w = Var::from_tensor(&rand_tensor(&[4 * h, h], 12, 0.7)).unwrap();
-        let bias = Var::from_tensor(&rand_tensor(&[4 * h], 13, 0.5)).unwrap();
         let probe = rand_tensor(&[t, b, h], 14, 1.0);
         let loss = |x: &Tensor, w: &Tensor, bb: &Tensor| -> f64 {
             let f = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
-            lstm_reference(&f(x), &f(w), &f(bb))
+            lstm_reference(&f(x), &f(bb), &f(w))
                 .unwrap()
                 .mul(&f(&probe))
                 .unwrap()
@@ -330,7 +329,7 @@ mod tests {
                 .to_scalar::<f64>()
                 .unwrap()
         };
-        let grads = lstm_sequence(&xproj, &w, &bias)
+        let grads = lstm_sequence(&xproj, &bias, &w)
             .unwrap()
             .mul(&probe)
             .unwrap()
@@ -340,7 +339,7 @@ mod tests {
             .unwrap();
         let eps = 1e-3f64;
         for which in 0..3 {
-            let var = [&xproj, &w, &bias][which];
+            let var = [&xproj, &w, &bias][which]; // x, w_hh, w_in
             let base: Vec<f32> = var.flatten_all().unwrap().to_vec1().unwrap();
             let analytic: Vec<f32> = grads
                 .get(var)

@@ -88,28 +88,34 @@ multiversion! {
             let (gi, rest) = g.split_at_mut(hidden);
             let (gf, rest) = rest.split_at_mut(hidden);
             let (gg, go) = rest.split_at_mut(hidden);
+            // Activations first, one simple loop per gate: these vectorise.
+            for v in gi.iter_mut().chain(gf.iter_mut()).chain(go.iter_mut()) {
+                *v = sigmoid(*v);
+            }
+            for v in gg.iter_mut() {
+                *v = tanh(*v);
+            }
+            let n = hidden;
             let span = r * hidden..(r + 1) * hidden;
             let (c, tc, h) = (&mut c[span.clone()], &mut tanh_c[span.clone()], &mut h[span.clone()]);
+            let (gi, gf, gg, go, c, tc, h) = (&gi[..n], &gf[..n], &gg[..n], &go[..n], &mut c[..n], &mut tc[..n], &mut h[..n]);
             match c_prev {
                 Some(cp) => {
-                    let cp = &cp[span];
-                    for j in 0..hidden {
-                        let (i, f, g, o) = (sigmoid(gi[j]), sigmoid(gf[j]), tanh(gg[j]), sigmoid(go[j]));
-                        let cn = f * cp[j] + i * g;
-                        let t = tanh(cn);
-                        (gi[j], gf[j], gg[j], go[j]) = (i, f, g, o);
-                        (c[j], tc[j], h[j]) = (cn, t, o * t);
+                    let cp = &cp[span][..n];
+                    for j in 0..n {
+                        c[j] = gf[j] * cp[j] + gi[j] * gg[j];
                     }
                 }
                 None => {
-                    for j in 0..hidden {
-                        let (i, f, g, o) = (sigmoid(gi[j]), sigmoid(gf[j]), tanh(gg[j]), sigmoid(go[j]));
-                        let cn = i * g;
-                        let t = tanh(cn);
-                        (gi[j], gf[j], gg[j], go[j]) = (i, f, g, o);
-                        (c[j], tc[j], h[j]) = (cn, t, o * t);
+                    for j in 0..n {
+                        c[j] = gi[j] * gg[j];
                     }
                 }
+            }
+            for j in 0..n {
+                let t = tanh(c[j]);
+                tc[j] = t;
+                h[j] = go[j] * t;
             }
         }
     }
@@ -143,7 +149,10 @@ multiversion! {
                     &zeros[..]
                 }
             };
-            for j in 0..hidden {
+            let n = hidden;
+            let (ai, af, ag, ao, cp, tc, dh) = (&ai[..n], &af[..n], &ag[..n], &ao[..n], &cp[..n], &tc[..n], &dh[..n]);
+            let (di, df, dg, d_o, dc) = (&mut di[..n], &mut df[..n], &mut dg[..n], &mut d_o[..n], &mut dc[..n]);
+            for j in 0..n {
                 let (i, f, g, o, t) = (ai[j], af[j], ag[j], ao[j], tc[j]);
                 let dct = dc[j] + dh[j] * o * (1.0 - t * t);
                 di[j] = dct * g * i * (1.0 - i);

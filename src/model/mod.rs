@@ -202,10 +202,12 @@ impl CharLstm {
             x = d.apply(&x)?;
         }
         for layer in &self.layers {
-            // The input projection of all time steps in one matmul: [TB, in] x [in, 4H].
-            let xproj = x.matmul(&layer.w_ih.t()?)?.reshape((steps, batch, 4 * h))?;
-            let bias = layer.b_ih.add(&layer.b_hh)?;
-            let hs = fused_lstm::lstm_sequence(&xproj, &layer.w_hh, &bias)?; // [T, B, H]
+            // Biases as an extra input column of ones: [TB, in + 1] and [4H, in + 1].
+            let ones = Tensor::ones((steps * batch, 1), x.dtype(), x.device())?;
+            let x_aug = Tensor::cat(&[&x, &ones], 1)?.reshape((steps, batch, ()))?;
+            let bias = layer.b_ih.add(&layer.b_hh)?.unsqueeze(1)?;
+            let w_in = Tensor::cat(&[&layer.w_ih, &bias], 1)?;
+            let hs = fused_lstm::lstm_sequence(&x_aug, &w_in, &layer.w_hh)?; // [T, B, H]
             x = hs.reshape((steps * batch, h))?;
             if let Some(d) = dropout.as_deref_mut() {
                 x = d.apply(&x)?;
