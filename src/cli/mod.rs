@@ -212,7 +212,8 @@ fn train(config: &Config, a: TrainArgs) -> Result<()> {
 
     let (tx, rx) = mpsc::channel();
     let reason = std::thread::scope(|s| {
-        let worker = s.spawn(|| app::train(config, &req, &tx, &cancel));
+        // The worker owns the sender: when it ends, the channel closes and drawing stops.
+        let worker = s.spawn(move || app::train(config, &req, &tx, &cancel));
         draw_progress(rx);
         worker.join().expect("the training thread panicked")
     })?;
@@ -238,6 +239,14 @@ fn draw_progress(rx: mpsc::Receiver<TrainEvent>) {
             .progress_chars("=> "),
     );
     let mut val = String::from("val -");
+    // Without a terminal the bar is hidden, and so is its println: say it plainly instead.
+    let say = |line: String| {
+        if bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            bar.println(line);
+        }
+    };
     for ev in rx {
         match ev {
             TrainEvent::Started {
@@ -250,7 +259,7 @@ fn draw_progress(rx: mpsc::Receiver<TrainEvent>) {
                 params,
                 device,
             } => {
-                bar.println(format!(
+                say(format!(
                     "training on {device}: {train_chars} chars ({val_chars} held out), vocab {vocab_size}, {params} parameters, {steps_per_epoch} steps/epoch{}",
                     if start_step > 0 { format!(", resuming at step {start_step}") } else { String::new() }
                 ));
@@ -280,7 +289,7 @@ fn draw_progress(rx: mpsc::Receiver<TrainEvent>) {
                 improved,
             } => {
                 val = format!("val {val_loss:.3}");
-                bar.println(format!(
+                say(format!(
                     "step {step}: validation loss {val_loss:.4} nats/char (best {best_val_loss:.4}){}",
                     if improved { ", saved" } else { "" }
                 ));

@@ -188,6 +188,20 @@ multiversion! {
     }
 }
 
+/// [`matvec`] with the rows split over the thread pool when the matrix is large enough to pay
+/// for the hand-off (a few microseconds).
+pub fn par_matvec(w: &[f32], x: &[f32], y: &mut [f32]) {
+    let k = x.len();
+    let threads = rayon::current_num_threads();
+    if threads < 2 || y.len() * k < 1 << 17 {
+        return matvec(w, x, y);
+    }
+    let rows = y.len().div_ceil(threads);
+    y.par_chunks_mut(rows)
+        .enumerate()
+        .for_each(|(i, yc)| matvec(&w[i * rows * k..(i * rows + yc.len()) * k], x, yc));
+}
+
 /// Runs [`cell_forward`] over the rows of a batch on the thread pool.
 pub fn par_cell_forward(
     gates: &mut [f32],

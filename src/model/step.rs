@@ -7,7 +7,7 @@
 
 use candle_core::Tensor;
 
-use super::kernels::{cell_forward, gemm, matvec, par_cell_forward, Mat};
+use super::kernels::{cell_forward, gemm, par_cell_forward, par_matvec, Mat};
 use super::CharLstm;
 use crate::Result;
 
@@ -130,7 +130,7 @@ impl StepWeights {
                     row.copy_from_slice(&layer.bias);
                 }
                 if s == 1 {
-                    matvec(&layer.w_ih, below, &mut state.gates);
+                    par_matvec(&layer.w_ih, below, &mut state.gates);
                 } else {
                     gemm(
                         &mut state.gates,
@@ -143,7 +143,7 @@ impl StepWeights {
             // gates += W_hh h
             let hk = &mut state.h[k];
             if s == 1 {
-                matvec(&layer.w_hh, hk, &mut state.gates);
+                par_matvec(&layer.w_hh, hk, &mut state.gates);
             } else {
                 gemm(
                     &mut state.gates,
@@ -172,7 +172,7 @@ impl StepWeights {
             row.copy_from_slice(&self.out_b);
         }
         if s == 1 {
-            matvec(&self.out_w, top, &mut state.logits);
+            par_matvec(&self.out_w, top, &mut state.logits);
         } else {
             gemm(
                 &mut state.logits,
