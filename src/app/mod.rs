@@ -45,6 +45,8 @@ pub struct TrainOverrides {
     pub max_steps: Option<u64>,
     /// Validation interval in steps.
     pub val_every: Option<u64>,
+    /// Early-stopping patience.
+    pub patience: Option<u32>,
     /// Seed.
     pub seed: Option<u64>,
 }
@@ -68,6 +70,7 @@ impl TrainOverrides {
         set(&mut t.num_epochs, self.num_epochs);
         set(&mut t.max_steps, self.max_steps);
         set(&mut t.val_every, self.val_every);
+        set(&mut t.patience, self.patience);
     }
 
     /// Names of the overrides a resume ignores because the checkpoint fixes them.

@@ -88,6 +88,9 @@ pub struct TrainArgs {
     /// Validate every N steps (and at each epoch end).
     #[arg(long)]
     pub val_every: Option<u64>,
+    /// Early stopping: validations without improvement before stopping (0: never).
+    #[arg(long)]
+    pub patience: Option<u32>,
     /// Seed of initial weights, shuffling and dropout.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -181,6 +184,7 @@ fn train(config: &Config, a: TrainArgs) -> Result<()> {
         num_epochs: a.num_epochs,
         max_steps: a.max_steps,
         val_every: a.val_every,
+        patience: a.patience,
         seed: a.seed,
     };
     if a.restore {

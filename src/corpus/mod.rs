@@ -121,7 +121,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let good = dir.path().join("good.txt");
         std::fs::write(&good, "first tweet\n\n  second tweet  \r\nthird").unwrap();
-        let files = PlainTextFiles::open(&[good.clone()]).unwrap();
+        let files = PlainTextFiles::open(std::slice::from_ref(&good)).unwrap();
         let got: Vec<String> = files.tweets().map(|t| t.unwrap()).collect();
         assert_eq!(got, ["first tweet", "second tweet", "third"]);
 

@@ -21,8 +21,11 @@ use super::kernels::{gemm, par_cell_backward, par_cell_forward, Mat};
 /// elsewhere (CUDA) the unfused candle ops.
 pub fn lstm_sequence(x: &Tensor, w_in: &Tensor, w_hh: &Tensor) -> candle_core::Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == DType::F32 {
-        x.contiguous()?
-            .apply_op3(&w_in.contiguous()?, &w_hh.contiguous()?, FusedLstm::default())
+        x.contiguous()?.apply_op3(
+            &w_in.contiguous()?,
+            &w_hh.contiguous()?,
+            FusedLstm::default(),
+        )
     } else {
         lstm_reference(x, w_in, w_hh)
     }
@@ -34,7 +37,10 @@ pub fn lstm_reference(x: &Tensor, w_in: &Tensor, w_hh: &Tensor) -> candle_core::
     let (steps, batch, inputs) = x.dims3()?;
     let hidden = w_hh.dim(1)?;
     // The input projection of all time steps in one matmul: [TB, I] x [I, 4H].
-    let xproj = x.reshape((steps * batch, inputs))?.matmul(&w_in.t()?)?.reshape((steps, batch, 4 * hidden))?;
+    let xproj = x
+        .reshape((steps * batch, inputs))?
+        .matmul(&w_in.t()?)?
+        .reshape((steps, batch, 4 * hidden))?;
     let w_t = w_hh.t()?;
     let mut h = Tensor::zeros((batch, hidden), x.dtype(), x.device())?;
     let mut c = h.clone();
@@ -121,7 +127,12 @@ impl CustomOp3 for FusedLstm {
         // acts starts as the input projection of every step (biases included) and becomes the
         // activated gates, step by step: [TB, I] x [I, 4H].
         let mut acts = vec![0f32; steps * batch * g4];
-        gemm(&mut acts, Mat::new(x, steps * batch, inputs), Mat::new(w_in, g4, inputs).t(), false);
+        gemm(
+            &mut acts,
+            Mat::new(x, steps * batch, inputs),
+            Mat::new(w_in, g4, inputs).t(),
+            false,
+        );
         let mut c = vec![0f32; steps * bh];
         let mut tanh_c = vec![0f32; steps * bh];
         let mut h = vec![0f32; steps * bh];
@@ -226,8 +237,17 @@ impl CustomOp3 for FusedLstm {
         })???;
         // dx = dgates @ w_in: [TB, 4H] x [4H, I]; dw_in = dgates^T @ x: [4H, TB] x [TB, I].
         let all = Mat::new(&dgates, steps * batch, g4);
-        with_f32(w_in, "w_in", |w_in| gemm(&mut dx, all, Mat::new(w_in, g4, inputs), false))?;
-        with_f32(x, "x", |x| gemm(&mut dw_in, all.t(), Mat::new(x, steps * batch, inputs), false))?;
+        with_f32(w_in, "w_in", |w_in| {
+            gemm(&mut dx, all, Mat::new(w_in, g4, inputs), false)
+        })?;
+        with_f32(x, "x", |x| {
+            gemm(
+                &mut dw_in,
+                all.t(),
+                Mat::new(x, steps * batch, inputs),
+                false,
+            )
+        })?;
         let dev = x.device();
         Ok((
             Some(Tensor::from_vec(dx, (steps, batch, inputs), dev)?),

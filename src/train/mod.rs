@@ -587,7 +587,7 @@ impl<'a> Trainer<'a> {
                     eta_s: eta,
                 });
                 if self.config.val_every > 0
-                    && self.progress.step % self.config.val_every == 0
+                    && self.progress.step.is_multiple_of(self.config.val_every)
                     && self.validate_and_save(last_loss, events)?
                 {
                     break 'run StopReason::EarlyStopped;
@@ -609,10 +609,10 @@ impl<'a> Trainer<'a> {
         };
         self.progress.train_seconds = seconds_before + started.elapsed().as_secs_f64();
         self.progress.stopped = Some(reason);
-        if !self
+        if self
             .history
             .last()
-            .is_some_and(|h| h.0 == self.progress.step)
+            .is_none_or(|h| h.0 != self.progress.step)
         {
             // Report the loss of the latest weights without making it a validation point: an
             // interrupted run must take the same early-stopping decisions as one that never

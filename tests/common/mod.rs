@@ -1,0 +1,74 @@
+//! Fixtures shared by the integration tests: a small synthetic tweet corpus with enough
+//! structure for a tiny model to learn within a few dozen steps.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use aviary::model::ModelConfig;
+use aviary::train::{TrainConfig, TweetSource};
+
+/// `n` tweets from a tiny grammar, deterministic.
+pub fn tweets(n: usize) -> Vec<String> {
+    let who = ["the cat", "my dog", "a bird", "our team", "the city"];
+    let what = ["loves", "hates", "watches", "sings to", "waits for"];
+    let whom = ["the sun", "rainy days", "coffee", "the game", "new shoes"];
+    let tail = ["today!", "again...", "#mood", "so much", "https://t.co/x"];
+    (0..n)
+        .map(|i| {
+            let k = i * 7 + i / 5;
+            format!(
+                "{} {} {} {} {}",
+                who[k % 5],
+                what[(k / 5) % 5],
+                whom[(k / 3) % 5],
+                tail[(k / 2) % 5],
+                i % 97
+            )
+        })
+        .collect()
+}
+
+/// Writes `tweets(n)` one per line to `dir/name` and returns the path.
+pub fn corpus_file(dir: &Path, name: &str, n: usize) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, tweets(n).join("\n") + "\n").unwrap();
+    p
+}
+
+/// A model small enough to train in a test.
+pub fn tiny_model() -> ModelConfig {
+    ModelConfig {
+        embedding_size: 8,
+        rnn_size: 32,
+        num_layers: 1,
+        drop_rate: 0.05,
+    }
+}
+
+/// Training settings for a test: small batches, frequent validation.
+pub fn tiny_train() -> TrainConfig {
+    TrainConfig {
+        batch_size: 8,
+        seq_len: 16,
+        learning_rate: 3e-3,
+        val_every: 7,
+        val_batches: 4,
+        shuffle_windows: 64,
+        min_char_count: 1,
+        ..TrainConfig::default()
+    }
+}
+
+/// Tweets held in memory, as a training source.
+pub struct Lines(pub Vec<String>);
+
+impl TweetSource for Lines {
+    fn tweets(&self) -> aviary::Result<Box<dyn Iterator<Item = aviary::Result<String>> + '_>> {
+        Ok(Box::new(self.0.iter().map(|s| Ok(s.clone()))))
+    }
+
+    fn describe(&self) -> String {
+        "test tweets".into()
+    }
+}
