@@ -140,6 +140,27 @@ fn train_then_generate() {
     );
 }
 
+/// With no checkpoint named, the base model built into the binary answers.
+#[test]
+fn generate_runs_on_the_built_in_base_model() {
+    let out = aviary(&["generate", "-n", "4", "--seed", "1"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{stdout}");
+    assert!(lines.iter().all(|l| l.chars().count() <= 280), "{stdout}");
+    // A trained model writes words: most of what it prints is letters and spaces.
+    let all: String = lines.concat();
+    let wordy = all
+        .chars()
+        .filter(|c| c.is_alphabetic() || *c == ' ')
+        .count();
+    assert!(
+        wordy * 10 >= all.chars().count() * 7,
+        "not tweet-like: {stdout}"
+    );
+}
+
 #[test]
 fn bad_checkpoint_and_bad_corpus_get_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();

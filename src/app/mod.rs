@@ -177,11 +177,19 @@ fn refuse_overwrite(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The base model built into the binary (`checkpoints/base/`): what aviary runs on when no
+/// checkpoint is named.
+pub fn base_checkpoint(device: &Device) -> Result<Checkpoint> {
+    const CARD: &str = include_str!("../../checkpoints/base/card.json");
+    const WEIGHTS: &[u8] = include_bytes!("../../checkpoints/base/model.safetensors");
+    Checkpoint::from_bytes(Path::new("<built-in base model>"), CARD, WEIGHTS, device)
+}
+
 /// A request for candidate tweets.
 #[derive(Clone, Debug)]
 pub struct GenerateRequest {
-    /// Checkpoint directory.
-    pub checkpoint: PathBuf,
+    /// Checkpoint directory; `None`: the built-in base model.
+    pub checkpoint: Option<PathBuf>,
     /// How many candidates.
     pub n: usize,
     /// Sampling settings.
@@ -194,7 +202,10 @@ pub struct GenerateRequest {
 
 /// Candidates from a checkpoint, and the seed used.
 pub fn generate(req: &GenerateRequest) -> Result<(Vec<String>, u64)> {
-    let ck = Checkpoint::load(&req.checkpoint, &Device::Cpu)?;
+    let ck = match &req.checkpoint {
+        Some(dir) => Checkpoint::load(dir, &Device::Cpu)?,
+        None => base_checkpoint(&Device::Cpu)?,
+    };
     let model = ck.model(&Device::Cpu)?;
     let weights = StepWeights::from_model(&model)?;
     let seed = req.seed.unwrap_or_else(rand::random);

@@ -102,9 +102,9 @@ pub struct TrainArgs {
 /// `aviary generate`.
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
-    /// Checkpoint directory (written by `aviary train`).
+    /// Checkpoint directory (written by `aviary train`); default: the built-in base model.
     #[arg(long)]
-    pub checkpoint: PathBuf,
+    pub checkpoint: Option<PathBuf>,
     /// Number of candidates.
     #[arg(short = 'n', long, default_value_t = 10)]
     pub n: usize,

@@ -82,6 +82,20 @@ impl Checkpoint {
         })
     }
 
+    /// A checkpoint held in memory (the one built into the binary); `name` stands for its
+    /// directory in errors.
+    pub fn from_bytes(name: &Path, card: &str, weights: &[u8], device: &Device) -> Result<Self> {
+        let card = parse_card(&name.join(CARD_FILE), card)?;
+        let path = name.join(WEIGHTS_FILE);
+        let (weights, _) = parse_tensors(&path, weights, device)?;
+        check_weights(&path, &weights, &card.model, card.vocab.len())?;
+        Ok(Checkpoint {
+            dir: name.to_path_buf(),
+            card,
+            weights,
+        })
+    }
+
     /// Writes `weights` then `card` into `dir` (created if needed), each atomically.
     pub fn save(dir: &Path, card: &Card, weights: &HashMap<String, Tensor>) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -121,16 +135,21 @@ pub fn read_card(dir: &Path) -> Result<Card> {
         }
         Err(e) => return Err(Error::io(&path, e)),
     };
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+    parse_card(&path, &text)
+}
+
+/// Parses and checks a card's text; `path` names it in errors.
+pub fn parse_card(path: &Path, text: &str) -> Result<Card> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
         Error::checkpoint(
-            &path,
+            path,
             format!("not valid JSON ({e})"),
             "the card was damaged outside aviary; restore it or retrain",
         )
     })?;
     if value.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
         return Err(Error::checkpoint(
-            &path,
+            path,
             format!("not an aviary checkpoint card (no \"format\": \"{FORMAT}\")"),
             "pass the directory that `aviary train --checkpoint-dir` wrote",
         ));
@@ -141,14 +160,14 @@ pub fn read_card(dir: &Path) -> Result<Card> {
         .unwrap_or(0);
     if version > FORMAT_VERSION as u64 {
         return Err(Error::checkpoint(
-            &path,
+            path,
             format!("written by a newer aviary (format {version}; this build reads up to {FORMAT_VERSION})"),
             "upgrade aviary to use this checkpoint",
         ));
     }
     serde_json::from_value(value).map_err(|e| {
         Error::checkpoint(
-            &path,
+            path,
             format!("card does not describe a model this build understands ({e})"),
             "the card was edited or damaged; restore it or retrain",
         )
@@ -233,6 +252,16 @@ pub fn load_tensors(
         }
         Err(e) => return Err(Error::io(path, e)),
     };
+    parse_tensors(path, &bytes, device)
+}
+
+/// Parses the bytes of a safetensors file written by [`save_tensors`]; `path` names it in
+/// errors.
+pub fn parse_tensors(
+    path: &Path,
+    bytes: &[u8],
+    device: &Device,
+) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
     let damaged = "the file was damaged outside aviary (aviary's own writes are atomic): restore it or retrain";
     let broken = |e| {
         Error::checkpoint(
@@ -241,8 +270,8 @@ pub fn load_tensors(
             damaged,
         )
     };
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(broken)?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(broken)?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(broken)?;
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(broken)?;
     let metadata = header.metadata().clone().unwrap_or_default();
     if metadata.get("format").map(String::as_str) != Some(FORMAT) {
         return Err(Error::checkpoint(

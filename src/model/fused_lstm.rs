@@ -86,11 +86,14 @@ fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core:
     Ok(&s.as_slice::<f32>()?[start..end])
 }
 
-/// Reads a CPU tensor's f32 data without copying it and runs `f` on it.
-fn with_f32<R>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    match &*storage {
-        Storage::Cpu(cpu) => Ok(f(contiguous_f32(cpu, layout, what)?)),
+/// The f32 data of a contiguous CPU tensor's storage, borrowed (no copy).
+fn cpu_f32<'a>(
+    storage: &'a Storage,
+    layout: &Layout,
+    what: &str,
+) -> candle_core::Result<&'a [f32]> {
+    match storage {
+        Storage::Cpu(cpu) => contiguous_f32(cpu, layout, what),
         _ => candle_core::bail!("fused-lstm: {what} is not on the CPU"),
     }
 }
@@ -192,63 +195,59 @@ impl CustomOp3 for FusedLstm {
         let mut dw = vec![0f32; g4 * hidden];
         let mut dx = vec![0f32; steps * batch * inputs];
         let mut dw_in = vec![0f32; g4 * inputs];
-        with_f32(w_hh, "w_hh", |w| {
-            with_f32(&grad_res, "grad", |dh_out| {
-                with_f32(res, "h", |h| {
-                    let mut dh = vec![0f32; bh];
-                    let mut dc = vec![0f32; bh];
-                    for t in (0..steps).rev() {
-                        // dh_t = dL/dh_t from above + dgates_{t+1} @ w_hh: [B, 4H] x [4H, H]
-                        dh.copy_from_slice(&dh_out[t * bh..(t + 1) * bh]);
-                        let (dg_now, dg_next) = dgates.split_at_mut((t + 1) * batch * g4);
-                        if t + 1 < steps {
-                            let dg_next = &dg_next[..batch * g4];
-                            gemm(
-                                &mut dh,
-                                Mat::new(dg_next, batch, g4),
-                                Mat::new(w, g4, hidden),
-                                true,
-                            );
-                        }
-                        let c_prev = (t > 0).then(|| &saved.c[(t - 1) * bh..t * bh]);
-                        par_cell_backward(
-                            &saved.acts[t * batch * g4..(t + 1) * batch * g4],
-                            c_prev,
-                            &saved.tanh_c[t * bh..(t + 1) * bh],
-                            &dh,
-                            &mut dc,
-                            &mut dg_now[t * batch * g4..],
-                            hidden,
-                        );
-                    }
-                    // dw_hh = sum_t dgates_t^T @ h_{t-1}: one [4H, (T-1)B] x [(T-1)B, H] matmul.
-                    let rows = (steps - 1) * batch;
-                    if rows > 0 {
-                        let dg = Mat::new(&dgates[batch * g4..], rows, g4).t();
-                        gemm(
-                            &mut dw,
-                            dg,
-                            Mat::new(&h[..rows * hidden], rows, hidden),
-                            false,
-                        );
-                    }
-                })
-            })
-        })???;
+        let (w_st, w_l) = w_hh.storage_and_layout();
+        let (dh_st, dh_l) = grad_res.storage_and_layout();
+        let (h_st, h_l) = res.storage_and_layout();
+        let (wi_st, wi_l) = w_in.storage_and_layout();
+        let (x_st, x_l) = x.storage_and_layout();
+        let w = cpu_f32(&w_st, w_l, "w_hh")?;
+        let dh_out = cpu_f32(&dh_st, dh_l, "grad")?;
+        let h = cpu_f32(&h_st, h_l, "h")?;
+        let w_in = cpu_f32(&wi_st, wi_l, "w_in")?;
+        let x = cpu_f32(&x_st, x_l, "x")?;
+
+        let mut dh = vec![0f32; bh];
+        let mut dc = vec![0f32; bh];
+        for t in (0..steps).rev() {
+            // dh_t = dL/dh_t from above + dgates_{t+1} @ w_hh: [B, 4H] x [4H, H]
+            dh.copy_from_slice(&dh_out[t * bh..(t + 1) * bh]);
+            let (dg_now, dg_next) = dgates.split_at_mut((t + 1) * batch * g4);
+            if t + 1 < steps {
+                let dg_next = Mat::new(&dg_next[..batch * g4], batch, g4);
+                gemm(&mut dh, dg_next, Mat::new(w, g4, hidden), true);
+            }
+            let c_prev = (t > 0).then(|| &saved.c[(t - 1) * bh..t * bh]);
+            par_cell_backward(
+                &saved.acts[t * batch * g4..(t + 1) * batch * g4],
+                c_prev,
+                &saved.tanh_c[t * bh..(t + 1) * bh],
+                &dh,
+                &mut dc,
+                &mut dg_now[t * batch * g4..],
+                hidden,
+            );
+        }
+        // dw_hh = sum_t dgates_t^T @ h_{t-1}: one [4H, (T-1)B] x [(T-1)B, H] matmul.
+        let rows = (steps - 1) * batch;
+        if rows > 0 {
+            let dg = Mat::new(&dgates[batch * g4..], rows, g4).t();
+            gemm(
+                &mut dw,
+                dg,
+                Mat::new(&h[..rows * hidden], rows, hidden),
+                false,
+            );
+        }
         // dx = dgates @ w_in: [TB, 4H] x [4H, I]; dw_in = dgates^T @ x: [4H, TB] x [TB, I].
         let all = Mat::new(&dgates, steps * batch, g4);
-        with_f32(w_in, "w_in", |w_in| {
-            gemm(&mut dx, all, Mat::new(w_in, g4, inputs), false)
-        })?;
-        with_f32(x, "x", |x| {
-            gemm(
-                &mut dw_in,
-                all.t(),
-                Mat::new(x, steps * batch, inputs),
-                false,
-            )
-        })?;
-        let dev = x.device();
+        gemm(&mut dx, all, Mat::new(w_in, g4, inputs), false);
+        gemm(
+            &mut dw_in,
+            all.t(),
+            Mat::new(x, steps * batch, inputs),
+            false,
+        );
+        let dev = w_hh.device();
         Ok((
             Some(Tensor::from_vec(dx, (steps, batch, inputs), dev)?),
             Some(Tensor::from_vec(dw_in, (g4, inputs), dev)?),
