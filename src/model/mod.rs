@@ -8,6 +8,7 @@
 pub mod checkpoint;
 pub mod fused_lstm;
 pub mod kernels;
+pub mod loss;
 pub mod step;
 pub mod vocab;
 
