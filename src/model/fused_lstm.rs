@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor};
 
-use super::kernels::{gemm, par_cell_backward, par_cell_forward, Mat};
+use super::kernels::{gemm, par_cell_backward, par_cell_forward, Mat, PackedB};
 
 /// Runs an LSTM layer over a sequence from zero state: `x` [T, B, I] is the layer input
 /// with a last column of ones, `w_in` [4H, I] is W_ih with the summed biases as last column,
@@ -139,19 +139,15 @@ impl CustomOp3 for FusedLstm {
         let mut c = vec![0f32; steps * bh];
         let mut tanh_c = vec![0f32; steps * bh];
         let mut h = vec![0f32; steps * bh];
+        // w_hh^T packed once for the 31 products below.
+        let w_t = PackedB::pack(Mat::new(w, g4, hidden).t());
         for t in 0..steps {
             let gates = &mut acts[t * batch * g4..(t + 1) * batch * g4];
             let (h_before, h_rest) = h.split_at_mut(t * bh);
             let (c_before, c_rest) = c.split_at_mut(t * bh);
             let c_prev = if t > 0 {
                 // gates += h_{t-1} @ w_hh^T: [B, H] x [H, 4H]
-                let h_prev = &h_before[(t - 1) * bh..];
-                gemm(
-                    gates,
-                    Mat::new(h_prev, batch, hidden),
-                    Mat::new(w, g4, hidden).t(),
-                    true,
-                );
+                w_t.gemm(gates, &h_before[(t - 1) * bh..], true);
                 Some(&c_before[(t - 1) * bh..])
             } else {
                 None
@@ -208,13 +204,13 @@ impl CustomOp3 for FusedLstm {
 
         let mut dh = vec![0f32; bh];
         let mut dc = vec![0f32; bh];
+        let w_packed = PackedB::pack(Mat::new(w, g4, hidden));
         for t in (0..steps).rev() {
             // dh_t = dL/dh_t from above + dgates_{t+1} @ w_hh: [B, 4H] x [4H, H]
             dh.copy_from_slice(&dh_out[t * bh..(t + 1) * bh]);
             let (dg_now, dg_next) = dgates.split_at_mut((t + 1) * batch * g4);
             if t + 1 < steps {
-                let dg_next = Mat::new(&dg_next[..batch * g4], batch, g4);
-                gemm(&mut dh, dg_next, Mat::new(w, g4, hidden), true);
+                w_packed.gemm(&mut dh, &dg_next[..batch * g4], true);
             }
             let c_prev = (t > 0).then(|| &saved.c[(t - 1) * bh..t * bh]);
             par_cell_backward(

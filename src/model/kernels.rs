@@ -372,6 +372,173 @@ pub fn gemm(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool) {
     }
 }
 
+/// Columns per packed panel of [`PackedB`]: two AVX registers.
+const NR: usize = 16;
+/// Rows per micro-kernel call: 6 x 2 accumulators plus 3 operands fill the 16 AVX registers.
+const MR: usize = 6;
+
+/// A right-hand matrix B [k, n] packed once for many products `A @ B` with the same B (the
+/// recurrent weights, used at every time step): column panels of [`NR`], k-major, zero-padded.
+/// The `gemm` crate packs B again at every call.
+pub struct PackedB {
+    k: usize,
+    n: usize,
+    data: Vec<f32>,
+}
+
+impl PackedB {
+    /// Packs the logical matrix `b` [k, n].
+    pub fn pack(b: Mat) -> Self {
+        let (k, n) = b.shape();
+        let (rs, cs) = b.strides();
+        let panels = n.div_ceil(NR);
+        let mut data = vec![0f32; panels * k * NR];
+        for p in 0..panels {
+            for kk in 0..k {
+                let row = &mut data[(p * k + kk) * NR..(p * k + kk + 1) * NR];
+                for (j, out) in row.iter_mut().enumerate() {
+                    let col = p * NR + j;
+                    if col < n {
+                        *out = b.data[kk * rs as usize + col * cs as usize];
+                    }
+                }
+            }
+        }
+        PackedB { k, n, data }
+    }
+
+    /// `dst = a @ B` (or `dst += a @ B` with `accumulate`), `a` row-major [m, k], `dst`
+    /// row-major [m, n]; rows split over the thread pool.
+    pub fn gemm(&self, dst: &mut [f32], a: &[f32], accumulate: bool) {
+        let (k, n) = (self.k, self.n);
+        let m = a.len() / k.max(1);
+        assert_eq!(a.len(), m * k, "packed gemm: lhs is not [m, k]");
+        assert_eq!(
+            dst.len(),
+            m * n,
+            "packed gemm: destination has the wrong size"
+        );
+        let threads = candle_core::utils::get_num_threads().max(1);
+        let rows = (m.div_ceil(threads).div_ceil(MR) * MR).max(MR);
+        if threads == 1 || m <= MR {
+            return self.gemm_rows(dst, a, accumulate);
+        }
+        dst.par_chunks_mut(rows * n)
+            .zip(a.par_chunks(rows * k))
+            .for_each(|(d, a)| self.gemm_rows(d, a, accumulate));
+    }
+
+    fn gemm_rows(&self, dst: &mut [f32], a: &[f32], accumulate: bool) {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2_fma() {
+            // SAFETY: the CPU has AVX2 and FMA; the shapes were checked by `gemm`.
+            return unsafe { self.gemm_rows_avx2(dst, a, accumulate) };
+        }
+        self.gemm_rows_portable(dst, a, accumulate)
+    }
+
+    fn gemm_rows_portable(&self, dst: &mut [f32], a: &[f32], accumulate: bool) {
+        let (k, n) = (self.k, self.n);
+        for (d, a) in dst.chunks_exact_mut(n).zip(a.chunks_exact(k)) {
+            for (p, panel) in self.data.chunks_exact(k * NR).enumerate() {
+                let mut acc = [0f32; NR];
+                for (kk, b) in panel.chunks_exact(NR).enumerate() {
+                    for j in 0..NR {
+                        acc[j] += a[kk] * b[j];
+                    }
+                }
+                let cols = NR.min(n - p * NR);
+                for j in 0..cols {
+                    let out = &mut d[p * NR + j];
+                    *out = if accumulate { *out + acc[j] } else { acc[j] };
+                }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn gemm_rows_avx2(&self, dst: &mut [f32], a: &[f32], accumulate: bool) {
+        let (k, n) = (self.k, self.n);
+        let m = a.len() / k.max(1);
+        // A packed too, in blocks of MR rows interleaved k-major: the micro-kernel then reads
+        // one contiguous stream instead of MR rows a power of two apart (which alias in L1).
+        let blocks = m.div_ceil(MR);
+        let mut ap = vec![0f32; blocks * k * MR];
+        for (r, row) in a.chunks_exact(k).enumerate() {
+            let (blk, i) = (r / MR, r % MR);
+            for (kk, &v) in row.iter().enumerate() {
+                ap[(blk * k + kk) * MR + i] = v;
+            }
+        }
+        // Panel-outer: one panel of B (k x 16) stays in cache while every row block of A
+        // streams past it.
+        for (p, panel) in self.data.chunks_exact(k * NR).enumerate() {
+            let cols = NR.min(n - p * NR);
+            for blk in 0..blocks {
+                let r = blk * MR;
+                let rows = MR.min(m - r);
+                let (a_blk, d_blk) = (
+                    &ap[blk * k * MR..(blk + 1) * k * MR],
+                    &mut dst[r * n + p * NR..],
+                );
+                match rows {
+                    6 => micro_avx2::<6>(k, a_blk, panel, d_blk, n, cols, accumulate),
+                    5 => micro_avx2::<5>(k, a_blk, panel, d_blk, n, cols, accumulate),
+                    4 => micro_avx2::<4>(k, a_blk, panel, d_blk, n, cols, accumulate),
+                    3 => micro_avx2::<3>(k, a_blk, panel, d_blk, n, cols, accumulate),
+                    2 => micro_avx2::<2>(k, a_blk, panel, d_blk, n, cols, accumulate),
+                    _ => micro_avx2::<1>(k, a_blk, panel, d_blk, n, cols, accumulate),
+                }
+            }
+        }
+    }
+}
+
+/// `R` rows of A (packed k-major, [`MR`] apart) times one packed panel:
+/// `d[i, 0..cols] (+)= a[:, i] . panel`, with `d` rows `ldd` apart.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn micro_avx2<const R: usize>(
+    k: usize,
+    a: &[f32],
+    panel: &[f32],
+    d: &mut [f32],
+    ldd: usize,
+    cols: usize,
+    accumulate: bool,
+) {
+    use std::arch::x86_64::*;
+    assert!(a.len() >= k * MR && panel.len() >= k * NR && d.len() >= (R - 1) * ldd + cols);
+    let mut lo = [_mm256_setzero_ps(); R];
+    let mut hi = [_mm256_setzero_ps(); R];
+    let (ap, bp) = (a.as_ptr(), panel.as_ptr());
+    for kk in 0..k {
+        // SAFETY: kk < k and i < R <= MR keep every read inside `a` and `panel` (asserted).
+        let b0 = _mm256_loadu_ps(bp.add(kk * NR));
+        let b1 = _mm256_loadu_ps(bp.add(kk * NR + 8));
+        for i in 0..R {
+            let av = _mm256_broadcast_ss(&*ap.add(kk * MR + i));
+            lo[i] = _mm256_fmadd_ps(av, b0, lo[i]);
+            hi[i] = _mm256_fmadd_ps(av, b1, hi[i]);
+        }
+    }
+    for i in 0..R {
+        let row = &mut d[i * ldd..i * ldd + cols];
+        let mut tmp = [0f32; NR];
+        _mm256_storeu_ps(tmp.as_mut_ptr(), lo[i]);
+        _mm256_storeu_ps(tmp.as_mut_ptr().add(8), hi[i]);
+        if accumulate {
+            for (o, t) in row.iter_mut().zip(&tmp) {
+                *o += t;
+            }
+        } else {
+            row.copy_from_slice(&tmp[..cols]);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -416,6 +583,31 @@ mod tests {
             gemm(&mut got, am, bm, true);
             for (g, w) in got.iter().zip(&want) {
                 assert!((g - (w + 1.0)).abs() < 1e-5, "{g} vs {w} + 1");
+            }
+        }
+    }
+
+    #[test]
+    fn packed_gemm_matches_gemm() {
+        for (m, k, n) in [(13, 37, 35), (128, 64, 48), (6, 5, 16), (1, 3, 2)] {
+            let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.11).cos()).collect();
+            for bm in [Mat::new(&b, k, n), Mat::new(&b, n, k).t()] {
+                let packed = PackedB::pack(bm);
+                for accumulate in [false, true] {
+                    let mut want = vec![0.5f32; m * n];
+                    gemm(&mut want, Mat::new(&a, m, k), bm, accumulate);
+                    let mut got = vec![0.5f32; m * n];
+                    packed.gemm(&mut got, &a, accumulate);
+                    let mut portable = vec![0.5f32; m * n];
+                    packed.gemm_rows_portable(&mut portable, &a, accumulate);
+                    for ((g, p), w) in got.iter().zip(&portable).zip(&want) {
+                        assert!(
+                            (g - w).abs() < 1e-4 && (p - w).abs() < 1e-4,
+                            "{m}x{k}x{n}: {g} / {p} vs {w}"
+                        );
+                    }
+                }
             }
         }
     }

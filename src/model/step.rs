@@ -7,7 +7,7 @@
 
 use candle_core::Tensor;
 
-use super::kernels::{cell_forward, gemm, par_cell_forward, par_matvec, Mat};
+use super::kernels::{cell_forward, par_cell_forward, par_matvec, Mat, PackedB};
 use super::CharLstm;
 use crate::Result;
 
@@ -22,6 +22,9 @@ struct StepLayer {
     w_hh: Vec<f32>,
     /// b_ih + b_hh, [4H]
     bias: Vec<f32>,
+    /// `w_ih^T` (layers above 0) and `w_hh^T` packed for several streams at once.
+    w_ih_t: Option<PackedB>,
+    w_hh_t: PackedB,
 }
 
 /// The model's weights laid out for [`StepWeights::step`].
@@ -33,6 +36,8 @@ pub struct StepWeights {
     out_w: Vec<f32>,
     /// [V]
     out_b: Vec<f32>,
+    /// `out_w^T`, packed.
+    out_w_t: PackedB,
 }
 
 /// The carried state of `streams` parallel sequences, plus scratch space.
@@ -77,19 +82,27 @@ impl StepWeights {
             } else {
                 (Vec::new(), to_vec(&l.w_ih)?)
             };
+            let w_hh = to_vec(&l.w_hh)?;
+            let w_ih_t = (k > 0).then(|| PackedB::pack(Mat::new(&w_ih, 4 * h, h).t()));
+            let w_hh_t = PackedB::pack(Mat::new(&w_hh, 4 * h, h).t());
             layers.push(StepLayer {
                 table,
                 w_ih,
-                w_hh: to_vec(&l.w_hh)?,
+                w_hh,
                 bias,
+                w_ih_t,
+                w_hh_t,
             });
         }
+        let out_w = to_vec(&model.out_w)?;
+        let out_w_t = PackedB::pack(Mat::new(&out_w, model.vocab_size, h).t());
         Ok(StepWeights {
             vocab_size: model.vocab_size,
             hidden: h,
             layers,
-            out_w: to_vec(&model.out_w)?,
+            out_w,
             out_b: to_vec(&model.out_b)?,
+            out_w_t,
         })
     }
 
@@ -132,12 +145,8 @@ impl StepWeights {
                 if s == 1 {
                     par_matvec(&layer.w_ih, below, &mut state.gates);
                 } else {
-                    gemm(
-                        &mut state.gates,
-                        Mat::new(below, s, h),
-                        Mat::new(&layer.w_ih, g4, h).t(),
-                        true,
-                    );
+                    let w_ih_t = layer.w_ih_t.as_ref().expect("packed for layers above 0");
+                    w_ih_t.gemm(&mut state.gates, below, true);
                 }
             }
             // gates += W_hh h
@@ -145,12 +154,7 @@ impl StepWeights {
             if s == 1 {
                 par_matvec(&layer.w_hh, hk, &mut state.gates);
             } else {
-                gemm(
-                    &mut state.gates,
-                    Mat::new(hk, s, h),
-                    Mat::new(&layer.w_hh, g4, h).t(),
-                    true,
-                );
+                layer.w_hh_t.gemm(&mut state.gates, hk, true);
             }
             state.c_prev.copy_from_slice(&state.c[k]);
             let cell = if s >= 16 {
@@ -174,12 +178,7 @@ impl StepWeights {
         if s == 1 {
             par_matvec(&self.out_w, top, &mut state.logits);
         } else {
-            gemm(
-                &mut state.logits,
-                Mat::new(top, s, h),
-                Mat::new(&self.out_w, self.vocab_size, h).t(),
-                true,
-            );
+            self.out_w_t.gemm(&mut state.logits, top, true);
         }
     }
 }
