@@ -684,6 +684,13 @@ impl Learner {
     /// Forward, backward, clip to `clip_norm`, update; dropout masks from `seed`. Returns
     /// the batch's loss.
     pub fn step(&mut self, x: &Tensor, y: &Tensor, seed: u64, clip_norm: f64) -> Result<f64> {
+        // Run the whole step on a worker of the thread pool: the serial parts then occupy a
+        // worker instead of a third thread competing with the pool's spinning workers.
+        // (`rayon::scope` runs its body on a worker of the pool.)
+        rayon::scope(|_| self.step_here(x, y, seed, clip_norm))
+    }
+
+    fn step_here(&mut self, x: &Tensor, y: &Tensor, seed: u64, clip_norm: f64) -> Result<f64> {
         let mut dropout = Dropout::new(self.drop_rate, seed);
         let loss = self.model.loss(x, y, Some(&mut dropout))?;
         let grads = loss.backward()?;
