@@ -142,6 +142,23 @@ pub fn generate(
             vocab.unknown_count(prime)
         );
     }
+    // The loop runs on a worker of the thread pool, so the per-step parallel mat-vecs hand
+    // work to the other workers without a third thread competing for the cores (about a third
+    // faster at one stream than looping on the calling thread).
+    let out = rayon::scope(|_| sample_batch(weights, vocab, cfg, prime, n, seed));
+    Ok(out.into_iter().map(|s| s.trim_end().to_string()).collect())
+}
+
+/// The sampling loop of [`generate`], settings already checked.
+fn sample_batch(
+    weights: &StepWeights,
+    vocab: &Vocab,
+    cfg: &SampleConfig,
+    prime: &str,
+    n: usize,
+    seed: u64,
+) -> Vec<String> {
+    let prime_chars = prime.chars().count();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut state: StepState = weights.state(n);
     let mut tokens = vec![EOT; n];
@@ -182,7 +199,7 @@ pub fn generate(
         }
         weights.step(&mut state, &tokens);
     }
-    Ok(out.into_iter().map(|s| s.trim_end().to_string()).collect())
+    out
 }
 
 #[cfg(test)]

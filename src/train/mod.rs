@@ -423,7 +423,9 @@ impl<'a> Trainer<'a> {
         let (mut sum, mut n) = (0f64, 0usize);
         for b in &self.val_set {
             let (x, y) = self.tensors(b)?;
-            let loss = self.learner.model.loss(&x, &y, None)?.to_scalar::<f32>()? as f64;
+            // On a worker of the pool, like the training step (see `Learner::step`).
+            let loss = rayon::scope(|_| self.learner.model.loss(&x, &y, None))?;
+            let loss = loss.to_scalar::<f32>()? as f64;
             sum += loss * (b.batch * b.seq_len) as f64;
             n += b.batch * b.seq_len;
         }
