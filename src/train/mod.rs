@@ -424,7 +424,8 @@ impl<'a> Trainer<'a> {
         for b in &self.val_set {
             let (x, y) = self.tensors(b)?;
             // On a worker of the pool, like the training step (see `Learner::step`).
-            let loss = rayon::scope(|_| self.learner.model.loss(&x, &y, None))?;
+            let model = &self.learner.model;
+            let loss = rayon::scope(|_| model.loss(&x, &y, None))?;
             let loss = loss.to_scalar::<f32>()? as f64;
             sum += loss * (b.batch * b.seq_len) as f64;
             n += b.batch * b.seq_len;
