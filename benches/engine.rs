@@ -13,11 +13,9 @@ use std::process::Command;
 use aviary::app::bench::{run, BenchRequest};
 use serde_json::Value;
 
-// The same allocator as the binary, so the figures are the binary's.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
+    // The allocator settings of the binary, so the figures are the binary's.
+    aviary::alloc::keep_freed_memory();
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "2".into());
     std::env::set_var("RAYON_NUM_THREADS", &threads);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));

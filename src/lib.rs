@@ -5,6 +5,7 @@
 //! and the application layer [`app`] that combines them for the faces ([`cli`]).
 #![deny(missing_docs)]
 
+pub mod alloc;
 pub mod app;
 pub mod cli;
 pub mod corpus;
