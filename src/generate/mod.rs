@@ -209,18 +209,24 @@ mod tests {
     #[test]
     fn top_k_and_top_p_restrict_the_draws() {
         // ids: 0 UNK, 1 EOT, 2.. chars; UNK has the highest logit and must never come out.
+        // Probabilities of ids 1..=5 at temperature 1: 0.024, 0.486, 0.440, 0.040, 0.009.
         let logits = [10.0f32, 0.0, 3.0, 2.9, 0.5, -1.0];
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let mut scratch = Vec::new();
-        let mut seen = [0usize; 6];
-        let cfg = SampleConfig {
-            temperature: 1.0,
-            top_k: 2,
-            ..Default::default()
+        let mut draws = |top_k: usize, top_p: f64, temperature: f64, n: usize| {
+            let cfg = SampleConfig {
+                temperature,
+                top_k,
+                top_p,
+                ..Default::default()
+            };
+            let mut seen = [0usize; 6];
+            for _ in 0..n {
+                seen[sample_token(&logits, &cfg, &mut rng, &mut scratch) as usize] += 1;
+            }
+            seen
         };
-        for _ in 0..2000 {
-            seen[sample_token(&logits, &cfg, &mut rng, &mut scratch) as usize] += 1;
-        }
+        let seen = draws(2, 1.0, 1.0, 2000);
         assert_eq!(seen[0], 0, "unknown symbol drawn");
         assert_eq!(
             seen[2] + seen[3],
@@ -228,40 +234,22 @@ mod tests {
             "top-k 2 keeps ids 2 and 3 only: {seen:?}"
         );
         assert!(seen[2] > 900 && seen[3] > 800, "{seen:?}");
-
-        // Probabilities of ids 1..=5: 0.024, 0.486, 0.440, 0.040, 0.009.
-        let cfg = SampleConfig {
-            temperature: 1.0,
-            top_p: 0.4,
-            ..Default::default()
-        };
-        let mut seen = [0usize; 6];
-        for _ in 0..500 {
-            seen[sample_token(&logits, &cfg, &mut rng, &mut scratch) as usize] += 1;
-        }
+        let seen = draws(0, 0.4, 1.0, 500);
         assert_eq!(
             seen[2], 500,
             "top-p 0.4 keeps the single most likely char: {seen:?}"
         );
-
-        let greedy = SampleConfig {
-            temperature: 0.0,
-            ..Default::default()
-        };
-        assert_eq!(sample_token(&logits, &greedy, &mut rng, &mut scratch), 2);
-        let cfg = SampleConfig {
-            temperature: 1.0,
-            top_p: 0.9,
-            ..Default::default()
-        };
-        let mut seen = [0usize; 6];
-        for _ in 0..500 {
-            seen[sample_token(&logits, &cfg, &mut rng, &mut scratch) as usize] += 1;
-        }
+        let seen = draws(0, 0.9, 1.0, 500);
         assert_eq!(
             seen[2] + seen[3],
             500,
             "top-p 0.9 keeps the two likeliest: {seen:?}"
+        );
+        assert!(seen[3] > 100, "{seen:?}");
+        let seen = draws(0, 1.0, 0.0, 50);
+        assert_eq!(
+            seen[2], 50,
+            "temperature 0 always takes the likeliest: {seen:?}"
         );
     }
 

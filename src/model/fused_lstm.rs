@@ -292,32 +292,27 @@ mod tests {
     #[test]
     fn fused_matches_autograd_reference() {
         let (t, b, i, h) = (7, 5, 6, 16);
-        let xproj = Var::from_tensor(&rand_tensor(&[t, b, i], 1, 1.5)).unwrap();
-        let bias = Var::from_tensor(&rand_tensor(&[4 * h, i], 3, 0.5)).unwrap();
+        let x = Var::from_tensor(&rand_tensor(&[t, b, i], 1, 1.5)).unwrap();
+        let w_in = Var::from_tensor(&rand_tensor(&[4 * h, i], 3, 0.5)).unwrap();
         let w = Var::from_tensor(&rand_tensor(&[4 * h, h], 2, 0.4)).unwrap();
         let probe = rand_tensor(&[t, b, h], 4, 1.0);
 
-        let fused = lstm_sequence(&xproj, &bias, &w).unwrap();
-        let reference = lstm_reference(&xproj, &bias, &w).unwrap();
+        let fused = lstm_sequence(&x, &w_in, &w).unwrap();
+        let reference = lstm_reference(&x, &w_in, &w).unwrap();
         let fwd = max_diff(&fused, &reference);
         println!("fused-lstm forward max diff {fwd:e}");
         assert!(fwd < 1e-5, "forward differs by {fwd}");
 
-        let gf = fused
-            .mul(&probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let gr = reference
-            .mul(&probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        for (name, v) in [("x", &xproj), ("w_in", &bias), ("w_hh", &w)] {
+        let grads = |out: &Tensor| {
+            out.mul(&probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap()
+        };
+        let (gf, gr) = (grads(&fused), grads(&reference));
+        for (name, v) in [("x", &x), ("w_in", &w_in), ("w_hh", &w)] {
             let d = max_diff(gf.get(v).unwrap(), gr.get(v).unwrap());
             println!("fused-lstm d{name} max diff {d:e}");
             assert!(d < 1e-4, "gradient of {name} differs by {d}");
@@ -329,8 +324,8 @@ mod tests {
     #[test]
     fn fused_matches_finite_differences() {
         let (t, b, i, h) = (4, 2, 3, 3);
-        let xproj = Var::from_tensor(&rand_tensor(&[t, b, i], 11, 1.0)).unwrap();
-        let bias = Var::from_tensor(&rand_tensor(&[4 * h, i], 13, 0.5)).unwrap();
+        let x = Var::from_tensor(&rand_tensor(&[t, b, i], 11, 1.0)).unwrap();
+        let w_in = Var::from_tensor(&rand_tensor(&[4 * h, i], 13, 0.5)).unwrap();
         let w = Var::from_tensor(&rand_tensor(&[4 * h, h], 12, 0.7)).unwrap();
         let probe = rand_tensor(&[t, b, h], 14, 1.0);
         let loss = |x: &Tensor, w: &Tensor, bb: &Tensor| -> f64 {
@@ -344,7 +339,7 @@ mod tests {
                 .to_scalar::<f64>()
                 .unwrap()
         };
-        let grads = lstm_sequence(&xproj, &bias, &w)
+        let grads = lstm_sequence(&x, &w_in, &w)
             .unwrap()
             .mul(&probe)
             .unwrap()
@@ -354,7 +349,7 @@ mod tests {
             .unwrap();
         let eps = 1e-3f64;
         for which in 0..3 {
-            let var = [&xproj, &w, &bias][which]; // x, w_hh, w_in
+            let var = [&x, &w, &w_in][which]; // x, w_hh, w_in
             let base: Vec<f32> = var.flatten_all().unwrap().to_vec1().unwrap();
             let analytic: Vec<f32> = grads
                 .get(var)
@@ -370,9 +365,9 @@ mod tests {
                     let t = Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap();
                     let f = |x: &Tensor| x.to_dtype(DType::F64).unwrap();
                     match which {
-                        0 => loss(&t, &f(&w), &f(&bias)),
-                        1 => loss(&f(&xproj), &t, &f(&bias)),
-                        _ => loss(&f(&xproj), &f(&w), &t),
+                        0 => loss(&t, &f(&w), &f(&w_in)),
+                        1 => loss(&f(&x), &t, &f(&w_in)),
+                        _ => loss(&f(&x), &f(&w), &t),
                     }
                 };
                 let numeric = (bump(eps) - bump(-eps)) / (2.0 * eps);
