@@ -274,19 +274,6 @@ mod tests {
         Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
     }
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        a.sub(b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
-
     /// Forward and all three gradients of the fused op against candle's autograd on the
     /// unfused formulation, with a loss that weights every output differently.
     #[test]
@@ -299,7 +286,7 @@ mod tests {
 
         let fused = lstm_sequence(&x, &w_in, &w).unwrap();
         let reference = lstm_reference(&x, &w_in, &w).unwrap();
-        let fwd = max_diff(&fused, &reference);
+        let fwd = crate::model::max_abs_diff(&fused, &reference);
         println!("fused-lstm forward max diff {fwd:e}");
         assert!(fwd < 1e-5, "forward differs by {fwd}");
 
@@ -313,7 +300,7 @@ mod tests {
         };
         let (gf, gr) = (grads(&fused), grads(&reference));
         for (name, v) in [("x", &x), ("w_in", &w_in), ("w_hh", &w)] {
-            let d = max_diff(gf.get(v).unwrap(), gr.get(v).unwrap());
+            let d = crate::model::max_abs_diff(gf.get(v).unwrap(), gr.get(v).unwrap());
             println!("fused-lstm d{name} max diff {d:e}");
             assert!(d < 1e-4, "gradient of {name} differs by {d}");
         }

@@ -133,20 +133,7 @@ mod tests {
         assert!((a - b).abs() < 1e-5, "loss {a} vs candle {b}");
         let ga = ours.affine(3.0, 0.0).unwrap().backward().unwrap();
         let gb = theirs.affine(3.0, 0.0).unwrap().backward().unwrap();
-        let d = ga
-            .get(&logits)
-            .unwrap()
-            .sub(gb.get(&logits).unwrap())
-            .unwrap();
-        let max = d
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let max = crate::model::max_abs_diff(ga.get(&logits).unwrap(), gb.get(&logits).unwrap());
         assert!(max < 1e-6, "gradient differs by {max}");
     }
 }
