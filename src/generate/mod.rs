@@ -145,61 +145,49 @@ pub fn generate(
     // The loop runs on a worker of the thread pool, so the per-step parallel mat-vecs hand
     // work to the other workers without a third thread competing for the cores (about a third
     // faster at one stream than looping on the calling thread).
-    let out = rayon::scope(|_| sample_batch(weights, vocab, cfg, prime, n, seed));
-    Ok(out.into_iter().map(|s| s.trim_end().to_string()).collect())
-}
-
-/// The sampling loop of [`generate`], settings already checked.
-fn sample_batch(
-    weights: &StepWeights,
-    vocab: &Vocab,
-    cfg: &SampleConfig,
-    prime: &str,
-    n: usize,
-    seed: u64,
-) -> Vec<String> {
-    let prime_chars = prime.chars().count();
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut state: StepState = weights.state(n);
-    let mut tokens = vec![EOT; n];
-    // A tweet starts after an end-of-tweet: that is the context the model learned.
-    weights.step(&mut state, &tokens);
-    for id in vocab.encode(prime) {
-        tokens.fill(id);
+    Ok(rayon::scope(|_| {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut state: StepState = weights.state(n);
+        let mut tokens = vec![EOT; n];
+        // A tweet starts after an end-of-tweet: that is the context the model learned.
         weights.step(&mut state, &tokens);
-    }
-    let v = weights.vocab_size();
-    let mut out: Vec<String> = vec![prime.to_string(); n];
-    let mut len = vec![prime_chars; n];
-    let mut done = vec![false; n];
-    let mut scratch = Vec::with_capacity(v);
-    loop {
-        for s in 0..n {
-            if done[s] {
-                continue;
-            }
-            let id = sample_token(
-                &state.logits[s * v..(s + 1) * v],
-                cfg,
-                &mut rng,
-                &mut scratch,
-            );
-            match vocab.char(id) {
-                Some(c) => {
-                    out[s].push(c);
-                    len[s] += 1;
-                    done[s] = len[s] >= cfg.max_chars;
+        for id in vocab.encode(prime) {
+            tokens.fill(id);
+            weights.step(&mut state, &tokens);
+        }
+        let v = weights.vocab_size();
+        let mut out: Vec<String> = vec![prime.to_string(); n];
+        let mut len = vec![prime_chars; n];
+        let mut done = vec![false; n];
+        let mut scratch = Vec::with_capacity(v);
+        loop {
+            for s in 0..n {
+                if done[s] {
+                    continue;
                 }
-                None => done[s] = true,
+                let id = sample_token(
+                    &state.logits[s * v..(s + 1) * v],
+                    cfg,
+                    &mut rng,
+                    &mut scratch,
+                );
+                match vocab.char(id) {
+                    Some(c) => {
+                        out[s].push(c);
+                        len[s] += 1;
+                        done[s] = len[s] >= cfg.max_chars;
+                    }
+                    None => done[s] = true,
+                }
+                tokens[s] = id;
             }
-            tokens[s] = id;
+            if done.iter().all(|&d| d) {
+                break;
+            }
+            weights.step(&mut state, &tokens);
         }
-        if done.iter().all(|&d| d) {
-            break;
-        }
-        weights.step(&mut state, &tokens);
-    }
-    out
+        out.into_iter().map(|s| s.trim_end().to_string()).collect()
+    }))
 }
 
 #[cfg(test)]
