@@ -10,12 +10,14 @@ use std::sync::mpsc::Sender;
 
 use candle_core::Device;
 
+/// What the faces see of a training run.
+pub use crate::train::{StopReason, TrainEvent};
 pub use config::Config;
 
 use crate::corpus::PlainTextFiles;
 use crate::generate::{self, SampleConfig};
 use crate::model::{Checkpoint, StepWeights};
-use crate::train::{StopReason, TrainConfig, TrainEvent, Trainer, TweetSource};
+use crate::train::{TrainConfig, Trainer, TweetSource};
 use crate::{Error, Result};
 
 /// Settings given on the command line (or by the TUI) that override the config file. On
@@ -192,16 +194,25 @@ pub struct GenerateRequest {
     pub checkpoint: Option<PathBuf>,
     /// How many candidates.
     pub n: usize,
-    /// Sampling settings.
-    pub sample: SampleConfig,
+    /// Temperature, over the config's.
+    pub temperature: Option<f64>,
+    /// Top-k, over the config's.
+    pub top_k: Option<usize>,
+    /// Top-p, over the config's.
+    pub top_p: Option<f64>,
     /// Every candidate starts with this.
     pub prime: String,
     /// Seed (a random one when `None`).
     pub seed: Option<u64>,
 }
 
-/// Candidates from a checkpoint, and the seed used.
-pub fn generate(req: &GenerateRequest) -> Result<(Vec<String>, u64)> {
+/// Candidates from a checkpoint, and the seed used; sampling settings from `config`'s
+/// `[generate]` with the request's overrides.
+pub fn generate(config: &Config, req: &GenerateRequest) -> Result<(Vec<String>, u64)> {
+    let mut sample: SampleConfig = config.generate.clone();
+    set(&mut sample.temperature, req.temperature);
+    set(&mut sample.top_k, req.top_k);
+    set(&mut sample.top_p, req.top_p);
     let ck = match &req.checkpoint {
         Some(dir) => Checkpoint::load(dir, &Device::Cpu)?,
         None => base_checkpoint(&Device::Cpu)?,
@@ -209,14 +220,7 @@ pub fn generate(req: &GenerateRequest) -> Result<(Vec<String>, u64)> {
     let model = ck.model(&Device::Cpu)?;
     let weights = StepWeights::from_model(&model)?;
     let seed = req.seed.unwrap_or_else(rand::random);
-    let texts = generate::generate(
-        &weights,
-        &ck.card.vocab,
-        &req.sample,
-        &req.prime,
-        req.n,
-        seed,
-    )?;
+    let texts = generate::generate(&weights, &ck.card.vocab, &sample, &req.prime, req.n, seed)?;
     Ok((texts, seed))
 }
 

@@ -9,9 +9,9 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::app::{
-    self, bench::BenchRequest, Config, GenerateRequest, TrainOverrides, TrainRequest,
+    self, bench::BenchRequest, Config, GenerateRequest, StopReason, TrainEvent, TrainOverrides,
+    TrainRequest,
 };
-use crate::train::{StopReason, TrainEvent};
 use crate::{Error, Result};
 
 /// aviary: train character-level LSTM models on tweets and sample new ones.
@@ -325,29 +325,21 @@ fn fmt_secs(s: f64) -> String {
 }
 
 fn generate(config: &Config, a: GenerateArgs) -> Result<()> {
-    let mut sample = config.generate.clone();
-    set(&mut sample.temperature, a.temperature);
-    set(&mut sample.top_k, a.top_k);
-    set(&mut sample.top_p, a.top_p);
     let req = GenerateRequest {
         checkpoint: a.checkpoint,
         n: a.n,
-        sample,
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
         prime: a.prime,
         seed: a.seed,
     };
-    let (texts, seed) = app::generate(&req)?;
+    let (texts, seed) = app::generate(config, &req)?;
     for t in texts {
         println!("{t}");
     }
     tracing::info!("seed {seed}");
     Ok(())
-}
-
-fn set<T>(slot: &mut T, v: Option<T>) {
-    if let Some(v) = v {
-        *slot = v;
-    }
 }
 
 fn bench(a: BenchArgs) -> Result<()> {
