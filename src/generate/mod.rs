@@ -136,10 +136,10 @@ pub fn generate(
             "shorten --prime",
         ));
     }
-    if vocab.unknown_count(prime) > 0 {
+    let unknown = vocab.unknown_count(prime);
+    if unknown > 0 {
         tracing::warn!(
-            "{} characters of the priming text are not in the model's vocabulary",
-            vocab.unknown_count(prime)
+            "{unknown} characters of the priming text are not in the model's vocabulary"
         );
     }
     // The loop runs on a worker of the thread pool, so the per-step parallel mat-vecs hand

@@ -54,13 +54,6 @@ pub struct StepState {
     pub logits: Vec<f32>,
 }
 
-impl StepState {
-    /// Number of streams.
-    pub fn streams(&self) -> usize {
-        self.streams
-    }
-}
-
 fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.flatten_all()?
         .to_device(&candle_core::Device::Cpu)?

@@ -73,9 +73,10 @@ impl CorpusStats {
         };
         for tweet in source.tweets()? {
             let tweet = tweet?;
-            let n = tweet.chars().count() as u64 + 1;
+            let mut n = 1; // the end-of-tweet symbol
             for c in tweet.chars() {
                 *s.char_counts.entry(c).or_default() += 1;
+                n += 1;
             }
             match split_of(&tweet, val_fraction) {
                 Split::Train => {

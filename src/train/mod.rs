@@ -378,11 +378,6 @@ impl<'a> Trainer<'a> {
         })
     }
 
-    /// The vocabulary trained with.
-    pub fn vocab(&self) -> &Vocab {
-        &self.vocab
-    }
-
     /// Where the run stands.
     pub fn progress(&self) -> &Progress {
         &self.progress
