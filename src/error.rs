@@ -42,6 +42,21 @@ pub enum Error {
         hint: String,
     },
 
+    /// The database cannot be used as it is (foreign, corrupt, newer than this aviary).
+    #[error("database {}: {problem}\nHINT: {hint}", path.display())]
+    Store {
+        /// The database file.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+        /// What the user can do about it.
+        hint: String,
+    },
+
+    /// A database operation failed.
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+
     /// A configuration file or setting is invalid.
     #[error("config: {problem}\nHINT: {hint}")]
     Config {

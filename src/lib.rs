@@ -12,6 +12,7 @@ pub mod corpus;
 pub mod error;
 pub mod generate;
 pub mod model;
+pub mod store;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -1,10 +1,12 @@
-//! The one configuration: model shape, training hyperparameters, sampling defaults. Layered
+//! The one configuration: model shape, training hyperparameters, sampling defaults, the
+//! cleaning policy of new bots. Layered
 //! as defaults, then a TOML file (`config/aviary.toml` documents every key), then flags.
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::corpus::CleanPolicy;
 use crate::generate::SampleConfig;
 use crate::model::ModelConfig;
 use crate::train::TrainConfig;
@@ -20,6 +22,8 @@ pub struct Config {
     pub train: TrainConfig,
     /// Sampling defaults.
     pub generate: SampleConfig,
+    /// The cleaning policy new bots start with (each bot keeps its own copy).
+    pub clean: CleanPolicy,
 }
 
 /// The documented default config file, as shipped.

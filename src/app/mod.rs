@@ -1,8 +1,11 @@
-//! The use cases both faces call: train a model on a corpus, generate candidates from a
-//! checkpoint, benchmark the engine. The only module that combines the parts.
+//! The use cases both faces call: manage bots and import their tweets, train a model on a
+//! corpus or a bot's tweets, generate candidates from a checkpoint, benchmark the engine.
+//! The only module that combines the parts.
 
 pub mod bench;
+pub mod bots;
 pub mod config;
+pub mod home;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -12,7 +15,9 @@ use candle_core::Device;
 
 /// What the faces see of a training run.
 pub use crate::train::{StopReason, TrainEvent};
+pub use bots::{BotDetails, BotTweets, ImportRequest};
 pub use config::Config;
+pub use home::Home;
 
 use crate::corpus::PlainTextFiles;
 use crate::generate::{self, SampleConfig};
@@ -103,13 +108,27 @@ fn set<T>(slot: &mut T, value: Option<T>) {
     }
 }
 
-/// A request to train on plain-text corpus files.
+/// What to train on.
+#[derive(Clone, Debug)]
+pub enum TrainData {
+    /// Plain-text corpus files, one tweet per line.
+    Files(Vec<PathBuf>),
+    /// A bot's kept tweets, from the store in `home`.
+    Bot {
+        /// The aviary home holding the store.
+        home: Home,
+        /// The bot's name.
+        name: String,
+    },
+}
+
+/// A request to train a model.
 #[derive(Clone, Debug)]
 pub struct TrainRequest {
-    /// Corpus files, one tweet per line.
-    pub corpus: Vec<PathBuf>,
-    /// Where checkpoints go.
-    pub checkpoint_dir: PathBuf,
+    /// The tweets.
+    pub data: TrainData,
+    /// Where checkpoints go; a bot's default is `HOME/bots/NAME/model`.
+    pub checkpoint_dir: Option<PathBuf>,
     /// Continue the run saved in `checkpoint_dir`.
     pub restore: bool,
     /// Flags over the config.
@@ -136,36 +155,98 @@ impl TweetSource for Corpus {
     }
 }
 
+/// How a training run ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainOutcome {
+    /// Why it stopped.
+    pub reason: StopReason,
+    /// The checkpoint directory.
+    pub checkpoint_dir: PathBuf,
+    /// Steps done in all.
+    pub steps: u64,
+    /// Best validation loss, nats/char.
+    pub best_val_loss: Option<f64>,
+}
+
 /// Trains (or resumes) a model as `req` says, sending progress to `events`; `cancel` stops
-/// it cleanly with the state saved.
+/// it cleanly with the state saved. Training on a bot records the run in the store and makes
+/// its best checkpoint the bot's active one.
 pub fn train(
     config: &Config,
     req: &TrainRequest,
     events: &Sender<TrainEvent>,
     cancel: &AtomicBool,
-) -> Result<StopReason> {
+) -> Result<TrainOutcome> {
     let device = pick_device(req.device.as_deref())?;
-    let source = Corpus(PlainTextFiles::open(&req.corpus)?);
+    match &req.data {
+        TrainData::Files(paths) => {
+            let dir = req.checkpoint_dir.clone().ok_or_else(|| {
+                Error::invalid("no checkpoint directory given", "pass --checkpoint-dir DIR")
+            })?;
+            let source = Corpus(PlainTextFiles::open(paths)?);
+            run_trainer(config, req, &source, dir, device, events, cancel)
+        }
+        TrainData::Bot { home, name } => {
+            let mut source = BotTweets::open(home.open_store()?, name)?;
+            let bot = source.bot().clone();
+            let dir = req
+                .checkpoint_dir
+                .clone()
+                .unwrap_or_else(|| home.bot_dir(name).join("model"));
+            let mut settings = config.clone();
+            req.overrides.apply(&mut settings);
+            let hyper = serde_json::json!({"model": settings.model, "train": settings.train, "restore": req.restore});
+            let dir_text = dir.display().to_string();
+            let run = source
+                .store_mut()
+                .write(|w| w.start_run(Some(bot.id), "train", &hyper.to_string(), &dir_text))?;
+            let result = run_trainer(config, req, &source, dir.clone(), device, events, cancel);
+            let saved = dir.join(crate::model::checkpoint::CARD_FILE).exists();
+            source.store_mut().write(|w| {
+                match &result {
+                    Ok(o) => {
+                        let status = match o.reason {
+                            StopReason::Cancelled | StopReason::MaxSteps => "stopped",
+                            StopReason::Completed | StopReason::EarlyStopped => "finished",
+                        };
+                        w.finish_run(run, status, o.steps, o.best_val_loss, None)?
+                    }
+                    Err(e) => w.finish_run(run, "failed", 0, None, Some(&e.to_string()))?,
+                }
+                if saved {
+                    w.set_active_checkpoint(bot.id, &dir_text)?;
+                }
+                Ok(())
+            })?;
+            result
+        }
+    }
+}
+
+fn run_trainer(
+    config: &Config,
+    req: &TrainRequest,
+    source: &dyn TweetSource,
+    dir: PathBuf,
+    device: Device,
+    events: &Sender<TrainEvent>,
+    cancel: &AtomicBool,
+) -> Result<TrainOutcome> {
     let mut trainer = if req.restore {
-        Trainer::resume(
-            &source,
-            &req.checkpoint_dir,
-            |t| req.overrides.apply_on_resume(t),
-            device,
-        )?
+        Trainer::resume(source, &dir, |t| req.overrides.apply_on_resume(t), device)?
     } else {
-        refuse_overwrite(&req.checkpoint_dir)?;
+        refuse_overwrite(&dir)?;
         let mut config = config.clone();
         req.overrides.apply(&mut config);
-        Trainer::new(
-            &source,
-            &req.checkpoint_dir,
-            config.model,
-            config.train,
-            device,
-        )?
+        Trainer::new(source, &dir, config.model, config.train, device)?
     };
-    trainer.run(events, cancel)
+    let reason = trainer.run(events, cancel)?;
+    Ok(TrainOutcome {
+        reason,
+        checkpoint_dir: dir,
+        steps: trainer.progress().step,
+        best_val_loss: trainer.progress().best_val_loss,
+    })
 }
 
 /// A fresh run must not silently replace a checkpoint that is already there.

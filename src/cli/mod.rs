@@ -1,6 +1,8 @@
 //! The command-line face: one subcommand per use case in `app`, progress drawn with
 //! indicatif. Holds no domain logic: it parses, calls `app`, and prints.
 
+mod bots;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -9,8 +11,8 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::app::{
-    self, bench::BenchRequest, Config, GenerateRequest, StopReason, TrainEvent, TrainOverrides,
-    TrainRequest,
+    self, bench::BenchRequest, Config, GenerateRequest, Home, StopReason, TrainData, TrainEvent,
+    TrainOverrides, TrainRequest,
 };
 use crate::{Error, Result};
 
@@ -21,6 +23,9 @@ pub struct Cli {
     /// Config file (TOML); see config/aviary.toml for every key.
     #[arg(long, global = true, env = "AVIARY_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Folder for aviary's database and bots (default: the platform's data directory).
+    #[arg(long, global = true, env = "AVIARY_HOME")]
+    pub home: Option<PathBuf>,
     /// CPU threads for the numeric work (default: physical cores).
     #[arg(long, global = true)]
     pub threads: Option<usize>,
@@ -35,7 +40,11 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Train a model on tweets (one per line), or continue one with --restore.
+    /// Create, list, show or remove bots, or change a bot's cleaning policy.
+    Bot(bots::BotArgs),
+    /// Import an account's tweets into a bot (X archive, API JSON, CSV or plain text).
+    Import(bots::ImportArgs),
+    /// Train a model on a bot's tweets or on text files, or continue one with --restore.
     Train(TrainArgs),
     /// Sample candidate tweets from a checkpoint.
     Generate(GenerateArgs),
@@ -45,13 +54,18 @@ pub enum Command {
 
 /// `aviary train`: the reference tutorial's flag names.
 #[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("data").required(true).args(["corpus", "bot"])))]
 pub struct TrainArgs {
     /// Corpus file(s), one tweet per line.
-    #[arg(long, required = true, num_args = 1..)]
+    #[arg(long, num_args = 1..)]
     pub corpus: Vec<PathBuf>,
-    /// Directory for model.safetensors, card.json and the resume state.
+    /// Train on this bot's kept tweets (see `aviary import`).
     #[arg(long)]
-    pub checkpoint_dir: PathBuf,
+    pub bot: Option<String>,
+    /// Directory for model.safetensors, card.json and the resume state (default for --bot:
+    /// HOME/bots/NAME/model).
+    #[arg(long)]
+    pub checkpoint_dir: Option<PathBuf>,
     /// Continue the run saved in --checkpoint-dir (same step, optimizer state and data order).
     #[arg(long)]
     pub restore: bool,
@@ -164,14 +178,17 @@ pub fn run() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let config = Config::load(cli.config.as_deref())?;
+    let home = || Home::resolve(cli.home.clone());
     match cli.command {
-        Command::Train(a) => train(&config, a),
+        Command::Bot(a) => bots::bot(&config, &home()?, a),
+        Command::Import(a) => bots::import(&home()?, a),
+        Command::Train(a) => train(&config, home, a),
         Command::Generate(a) => generate(&config, a),
         Command::Bench(a) => bench(a),
     }
 }
 
-fn train(config: &Config, a: TrainArgs) -> Result<()> {
+fn train(config: &Config, home: impl FnOnce() -> Result<Home>, a: TrainArgs) -> Result<()> {
     let overrides = TrainOverrides {
         batch_size: a.batch_size,
         seq_len: a.seq_len,
@@ -192,9 +209,16 @@ fn train(config: &Config, a: TrainArgs) -> Result<()> {
             eprintln!("note: {flag} is ignored with --restore: the checkpoint fixes it");
         }
     }
+    let data = match a.bot {
+        Some(name) => TrainData::Bot {
+            home: home()?,
+            name,
+        },
+        None => TrainData::Files(a.corpus),
+    };
     let req = TrainRequest {
-        corpus: a.corpus,
-        checkpoint_dir: a.checkpoint_dir.clone(),
+        data,
+        checkpoint_dir: a.checkpoint_dir,
         restore: a.restore,
         overrides,
         device: a.device,
@@ -215,14 +239,14 @@ fn train(config: &Config, a: TrainArgs) -> Result<()> {
     })?;
 
     let (tx, rx) = mpsc::channel();
-    let reason = std::thread::scope(|s| {
+    let outcome = std::thread::scope(|s| {
         // The worker owns the sender: when it ends, the channel closes and drawing stops.
         let worker = s.spawn(move || app::train(config, &req, &tx, &cancel));
         draw_progress(rx);
         worker.join().expect("the training thread panicked")
     })?;
-    let dir = a.checkpoint_dir.display();
-    match reason {
+    let dir = outcome.checkpoint_dir.display();
+    match outcome.reason {
         StopReason::Cancelled | StopReason::MaxSteps => {
             println!("saved to {dir}; continue with the same command and --restore")
         }

@@ -1,115 +1,307 @@
-//! Getting tweets in. For now: plain text files, one tweet per line (archives, API JSON and
-//! CSV come with the importers). Returns tweets as strings; storing them is `app`'s job.
+//! Getting tweets in: reading every form a user has an account's tweets in (an X archive
+//! export, its zip, API v1.1 and v2 JSON, CSV, plain text), streamed one tweet at a time, and
+//! the cleaning policy that decides what a model learns from. Knows no database: `app` stores
+//! what this reads.
 
-use std::io::{BufRead, BufReader};
+pub mod archive;
+pub mod clean;
+pub mod csv;
+pub mod json;
+pub mod report;
+pub mod text;
+
+use std::fmt;
+use std::io::Read;
 use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub use clean::{CleanPolicy, Dedup, DropReason, UrlPolicy};
+pub use report::ImportReport;
+pub use text::PlainTextFiles;
 
 use crate::{Error, Result};
 
-/// Plain text files, one tweet per line, read in the order given. Blank lines are skipped
-/// and surrounding white space trimmed.
-#[derive(Clone, Debug)]
-pub struct PlainTextFiles {
-    paths: Vec<PathBuf>,
+/// One tweet as read from a file, before cleaning.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RawTweet {
+    /// The tweet's id, when the format has one.
+    pub id: Option<String>,
+    /// When it was posted, when the format says.
+    pub created_at: Option<DateTime<Utc>>,
+    /// The text as the file has it (entities still encoded, URLs and mentions still in).
+    pub text: String,
+    /// A retweet of someone else's tweet (not the account's own words).
+    pub is_retweet: bool,
+    /// A reply to another tweet.
+    pub is_reply: bool,
+    /// The format it came in.
+    pub format: Format,
 }
 
-impl PlainTextFiles {
-    /// The files at `paths`; each must exist and be readable.
-    pub fn open(paths: &[PathBuf]) -> Result<Self> {
-        if paths.is_empty() {
-            return Err(Error::invalid(
-                "no corpus file given",
-                "pass --corpus FILE (one tweet per line)",
-            ));
-        }
-        for p in paths {
-            std::fs::File::open(p).map_err(|e| Error::io(p, e))?;
-        }
-        Ok(PlainTextFiles {
-            paths: paths.to_vec(),
-        })
-    }
-
-    /// The files, as given.
-    pub fn paths(&self) -> &[PathBuf] {
-        &self.paths
-    }
-
-    /// Every tweet of every file, streamed: memory stays bounded by the longest line.
-    pub fn tweets(&self) -> impl Iterator<Item = Result<String>> + '_ {
-        self.paths.iter().flat_map(|p| FileLines::new(p))
-    }
+/// The formats aviary reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Format {
+    /// An X/Twitter archive export: the zip, its folder, or its `data/tweets.js`.
+    Archive,
+    /// API v1.1 statuses: a JSON array or JSON lines.
+    ApiV1,
+    /// API v2 pages (`{"data": [...]}`) or tweets.
+    ApiV2,
+    /// CSV (or TSV) with a header naming the text column.
+    Csv,
+    /// Plain text, one tweet per line.
+    #[default]
+    Text,
 }
 
-/// The non-blank lines of one file, or the first error (naming file and line).
-struct FileLines {
-    path: PathBuf,
-    reader: Option<BufReader<std::fs::File>>,
-    line: u64,
-    buf: Vec<u8>,
-    failed: Option<Error>,
-}
+impl Format {
+    /// Every format, as named on the command line.
+    pub const ALL: [Format; 5] = [
+        Format::Archive,
+        Format::ApiV1,
+        Format::ApiV2,
+        Format::Csv,
+        Format::Text,
+    ];
 
-impl FileLines {
-    fn new(path: &Path) -> Self {
-        let (reader, failed) = match std::fs::File::open(path) {
-            Ok(f) => (Some(BufReader::with_capacity(1 << 16, f)), None),
-            Err(e) => (None, Some(Error::io(path, e))),
-        };
-        FileLines {
-            path: path.to_path_buf(),
-            reader,
-            line: 0,
-            buf: Vec::new(),
-            failed,
+    /// The name used on the command line and in the store.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Archive => "archive",
+            Format::ApiV1 => "api-v1",
+            Format::ApiV2 => "api-v2",
+            Format::Csv => "csv",
+            Format::Text => "text",
+        }
+    }
+
+    /// What a person calls it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Format::Archive => "X archive",
+            Format::ApiV1 => "API v1.1 JSON",
+            Format::ApiV2 => "API v2 JSON",
+            Format::Csv => "CSV",
+            Format::Text => "plain text",
         }
     }
 }
 
-impl Iterator for FileLines {
-    type Item = Result<String>;
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
-    fn next(&mut self) -> Option<Result<String>> {
-        if let Some(e) = self.failed.take() {
-            self.reader = None;
-            return Some(Err(e));
+impl std::str::FromStr for Format {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Format::ALL
+            .into_iter()
+            .find(|f| f.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Format::ALL.iter().map(|f| f.name()).collect();
+                Error::invalid(
+                    format!("unknown format `{s}`"),
+                    format!("use one of: {}", names.join(", ")),
+                )
+            })
+    }
+}
+
+/// What reading one path found besides the tweets.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SourceInfo {
+    /// The format read.
+    pub format: Format,
+    /// The files actually read (an archive's parts, zip entries as `zip:entry`).
+    pub files: Vec<String>,
+    /// The account's handle, when the source names it (an archive's `account.js`).
+    pub handle: Option<String>,
+}
+
+/// Receives each tweet as it is read; an error stops the read and is returned as is.
+pub type TweetSink<'a> = dyn FnMut(RawTweet) -> Result<()> + 'a;
+
+/// Reads every tweet at `path` in `format` (detected when `None`), handing each to `sink` as
+/// it is parsed: memory stays bounded however large the file.
+pub fn read_tweets(
+    path: &Path,
+    format: Option<Format>,
+    sink: &mut TweetSink,
+) -> Result<SourceInfo> {
+    let format = match format {
+        Some(f) => f,
+        None => detect(path)?,
+    };
+    match format {
+        Format::Archive => archive::read(path, sink),
+        Format::ApiV1 | Format::ApiV2 => {
+            let mut n = 0u64;
+            let file = open(path)?;
+            let seen = json::read(file, path, &path.display().to_string(), format, &mut |t| {
+                n += 1;
+                sink(t)
+            })?;
+            require_some(path, n)?;
+            Ok(SourceInfo {
+                format: seen,
+                files: vec![path.display().to_string()],
+                handle: None,
+            })
         }
-        let reader = self.reader.as_mut()?;
-        loop {
-            self.buf.clear();
-            self.line += 1;
-            match reader.read_until(b'\n', &mut self.buf) {
-                Ok(0) => {
-                    self.reader = None;
-                    return None;
-                }
-                Ok(_) => match std::str::from_utf8(&self.buf) {
-                    Ok(s) => {
-                        let t = s.trim();
-                        if !t.is_empty() {
-                            return Some(Ok(t.to_string()));
-                        }
-                    }
-                    Err(e) => {
-                        self.reader = None;
-                        return Some(Err(Error::corpus(
-                            &self.path,
-                            format!(
-                                "line {}: invalid UTF-8 at byte {} of the line",
-                                self.line,
-                                e.valid_up_to()
-                            ),
-                            "convert the file to UTF-8 (e.g. `iconv -t UTF-8`)",
-                        )));
-                    }
-                },
-                Err(e) => {
-                    self.reader = None;
-                    return Some(Err(Error::io(&self.path, e)));
-                }
+        Format::Csv => {
+            let n = csv::read(path, sink)?;
+            require_some(path, n)?;
+            Ok(SourceInfo {
+                format,
+                files: vec![path.display().to_string()],
+                handle: None,
+            })
+        }
+        Format::Text => {
+            let mut n = 0u64;
+            for line in text::FileLines::new(path) {
+                n += 1;
+                sink(RawTweet {
+                    text: line?,
+                    ..RawTweet::default()
+                })?;
             }
+            require_some(path, n)?;
+            Ok(SourceInfo {
+                format,
+                files: vec![path.display().to_string()],
+                handle: None,
+            })
         }
     }
+}
+
+/// An import of nothing is a mistake the user should hear about.
+fn require_some(path: &Path, n: u64) -> Result<()> {
+    if n == 0 {
+        return Err(Error::corpus(
+            path,
+            "holds no tweets (the file is empty)",
+            "check that this is the file you meant",
+        ));
+    }
+    Ok(())
+}
+
+fn open(path: &Path) -> Result<std::fs::File> {
+    std::fs::File::open(path).map_err(|e| Error::io(path, e))
+}
+
+/// Guesses the format of `path` from what it is (a folder, a zip) and how it starts.
+pub fn detect(path: &Path) -> Result<Format> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if meta.is_dir() {
+        return Ok(Format::Archive);
+    }
+    let mut head = Vec::with_capacity(4096);
+    open(path)?
+        .take(4096)
+        .read_to_end(&mut head)
+        .map_err(|e| Error::io(path, e))?;
+    let start = trim_start(&head);
+    if start.is_empty() {
+        return Err(Error::corpus(
+            path,
+            "is empty: no tweets to import",
+            "check that this is the file you meant",
+        ));
+    }
+    if head.starts_with(b"PK\x03\x04")
+        || start.starts_with(b"window.YTD.")
+        || start.starts_with(b"Grailbird.data.")
+    {
+        return Ok(Format::Archive);
+    }
+    if start[0] == b'[' || start[0] == b'{' {
+        // Content decides, not the extension: v2 wraps tweets in pages or has v2-only fields.
+        let text = String::from_utf8_lossy(start);
+        let v2 = text.contains("\"data\"") && !text.contains("\"full_text\"")
+            || text.contains("\"edit_history_tweet_ids\"")
+            || text.contains("\"referenced_tweets\"");
+        return Ok(if v2 { Format::ApiV2 } else { Format::ApiV1 });
+    }
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(|e| e.to_ascii_lowercase());
+    if matches!(ext.as_deref(), Some("csv" | "tsv")) {
+        return Ok(Format::Csv);
+    }
+    let first_line = start.split(|b| *b == b'\n').next().unwrap_or_default();
+    if csv::header_names_text(&String::from_utf8_lossy(first_line)) {
+        return Ok(Format::Csv);
+    }
+    Ok(Format::Text)
+}
+
+/// `b` without a byte-order mark and leading white space.
+pub(crate) fn trim_start(b: &[u8]) -> &[u8] {
+    let b = b.strip_prefix(b"\xef\xbb\xbf").unwrap_or(b);
+    let n = b.iter().take_while(|c| c.is_ascii_whitespace()).count();
+    &b[n..]
+}
+
+/// Parses the timestamps the formats use: the archive's and v1.1's `Sat Feb 18 12:33:11
+/// +0000 2023`, v2's RFC 3339, the old archive's `2011-08-31 05:11:50 +0000`, Unix seconds or
+/// milliseconds, and `8/14/14 16:50`. `None` when none fits: a missing date loses nothing.
+pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    if s.bytes().all(|b| b.is_ascii_digit()) {
+        let n: i64 = s.parse().ok()?;
+        return if s.len() >= 13 {
+            DateTime::from_timestamp_millis(n)
+        } else {
+            DateTime::from_timestamp(n, 0)
+        };
+    }
+    for fmt in ["%a %b %d %H:%M:%S %z %Y", "%Y-%m-%d %H:%M:%S %z"] {
+        if let Ok(t) = DateTime::parse_from_str(s, fmt) {
+            return Some(t.with_timezone(&Utc));
+        }
+    }
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.with_timezone(&Utc));
+    }
+    for fmt in [
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%dT%H:%M:%S",
+        "%m/%d/%y %H:%M",
+        "%m/%d/%Y %H:%M",
+    ] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(s, fmt) {
+            return Some(t.and_utc());
+        }
+    }
+    None
+}
+
+/// A retweet in the archive (which keeps no `retweeted_status`) shows only in its text.
+pub fn looks_like_retweet(text: &str) -> bool {
+    text.starts_with("RT @")
+}
+
+/// The paths to read for `inputs`, each once even when named twice.
+pub fn unique_paths(inputs: &[PathBuf]) -> Vec<PathBuf> {
+    let mut seen = std::collections::HashSet::new();
+    inputs
+        .iter()
+        .filter(|p| seen.insert(std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())))
+        .cloned()
+        .collect()
 }
 
 #[cfg(test)]
@@ -117,22 +309,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_lines_and_names_the_bad_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let good = dir.path().join("good.txt");
-        std::fs::write(&good, "first tweet\n\n  second tweet  \r\nthird").unwrap();
-        let files = PlainTextFiles::open(std::slice::from_ref(&good)).unwrap();
-        let got: Vec<String> = files.tweets().map(|t| t.unwrap()).collect();
-        assert_eq!(got, ["first tweet", "second tweet", "third"]);
+    fn timestamps_of_every_format() {
+        let want = "2023-02-18T12:33:11Z";
+        for s in [
+            "Sat Feb 18 12:33:11 +0000 2023",
+            "2023-02-18T12:33:11.000Z",
+            "2023-02-18 12:33:11 +0000",
+            "2023-02-18 13:33:11 +0100",
+            "1676723591",
+            "1676723591000",
+        ] {
+            let t = parse_time(s).unwrap_or_else(|| panic!("{s} did not parse"));
+            assert_eq!(
+                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                want,
+                "{s}"
+            );
+        }
+        assert_eq!(
+            parse_time("8/14/14 16:50").unwrap().to_rfc3339(),
+            "2014-08-14T16:50:00+00:00"
+        );
+        assert_eq!(parse_time("yesterday"), None);
+        assert_eq!(parse_time(""), None);
+    }
 
-        let bad = dir.path().join("bad.txt");
-        std::fs::write(&bad, b"fine\nbro\xffken\n").unwrap();
-        let files = PlainTextFiles::open(&[bad]).unwrap();
-        let err = files.tweets().find_map(|t| t.err()).expect("an error");
-        let msg = err.to_string();
-        assert!(msg.contains("bad.txt") && msg.contains("line 2"), "{msg}");
-
-        let missing = PlainTextFiles::open(&[dir.path().join("nope.txt")]).unwrap_err();
-        assert!(missing.to_string().contains("nope.txt"), "{missing}");
+    #[test]
+    fn format_names_round_trip() {
+        for f in Format::ALL {
+            assert_eq!(f.name().parse::<Format>().unwrap(), f);
+        }
+        let e = "xml".parse::<Format>().unwrap_err().to_string();
+        assert!(e.contains("xml") && e.contains("archive, api-v1"), "{e}");
     }
 }
