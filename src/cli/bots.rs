@@ -221,7 +221,7 @@ fn show(d: &bots::BotDetails) {
                 r.kept,
                 r.dropped_total(),
                 r.already_imported,
-                r.files.join(", ")
+                r.files_summary()
             );
         }
     }
@@ -269,7 +269,7 @@ pub fn import(home: &Home, a: ImportArgs) -> Result<()> {
     println!(
         "imported into {} from {} ({})",
         a.bot,
-        report.files.join(", "),
+        report.files_summary(),
         formats.join(", ")
     );
     if let Some(h) = &report.handle {

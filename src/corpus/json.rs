@@ -58,6 +58,9 @@ pub fn read(
 
     // JSON lines when the first line is a whole value by itself; else one streamed document.
     let first = first_nonblank(&mut reader).map_err(|e| Error::io(path, e))?;
+    if first.is_empty() {
+        return Ok(seen); // nothing at all: the caller says the file holds no tweets
+    }
     let single_line_value =
         first.first() == Some(&b'{') && serde_json::from_slice::<de::IgnoredAny>(&first).is_ok();
     if single_line_value {

@@ -268,10 +268,13 @@ pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
             DateTime::from_timestamp(n, 0)
         };
     }
-    for fmt in ["%a %b %d %H:%M:%S %z %Y", "%Y-%m-%d %H:%M:%S %z"] {
-        if let Ok(t) = DateTime::parse_from_str(s, fmt) {
-            return Some(t.with_timezone(&Utc));
-        }
+    // `Sat Feb 18 12:33:11 +0000 2023`: the weekday is left out, so a wrong one loses nothing.
+    let no_weekday = s.split_once(' ').map_or(s, |(_, rest)| rest);
+    if let Ok(t) = DateTime::parse_from_str(no_weekday, "%b %d %H:%M:%S %z %Y") {
+        return Some(t.with_timezone(&Utc));
+    }
+    if let Ok(t) = DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S %z") {
+        return Some(t.with_timezone(&Utc));
     }
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t.with_timezone(&Utc));

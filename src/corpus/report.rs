@@ -56,6 +56,16 @@ impl ImportReport {
         self.dropped.values().sum()
     }
 
+    /// The files read, shortened to the first and last when there are many.
+    pub fn files_summary(&self) -> String {
+        match self.files.as_slice() {
+            [] => "nothing".into(),
+            [a] => a.clone(),
+            [a, b] => format!("{a}, {b}"),
+            [a, .., z] => format!("{a} ... {z} ({} files)", self.files.len()),
+        }
+    }
+
     /// The report as a person reads it, a few aligned lines.
     pub fn render(&self) -> String {
         let mut s = String::new();
