@@ -1,7 +1,8 @@
 //! aviary: a terminal app for people who run Twitter/X bots. Each bot is a small
 //! character-level LSTM language model fine-tuned on one account's tweets.
 //!
-//! Parts: [`corpus`] (getting tweets in), the engine ([`model`], [`train`], [`generate`]),
+//! Parts: [`corpus`] (getting tweets in), [`store`] (the database), the engine ([`model`],
+//! [`train`], [`generate`]),
 //! and the application layer [`app`] that combines them for the faces ([`cli`]).
 #![deny(missing_docs)]
 

@@ -1,16 +1,9 @@
 //! Importing streams its input: a large archive imports in memory that does not grow with it.
 
+mod common;
+
 use std::io::Write;
 use std::process::Command;
-
-/// Peak resident memory of all waited-for children so far, in MiB.
-fn children_peak_rss_mib() -> f64 {
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: getrusage writes into the struct we own.
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
-    assert_eq!(rc, 0, "getrusage failed");
-    usage.ru_maxrss as f64 / 1024.0 // kilobytes on Linux
-}
 
 #[test]
 fn a_large_archive_imports_in_bounded_memory() {
@@ -63,7 +56,7 @@ fn a_large_archive_imports_in_bounded_memory() {
         Some(n.to_string().as_str()),
         "{out}"
     );
-    let peak = children_peak_rss_mib();
+    let peak = common::children_peak_rss_mib();
     println!(
         "peak RSS importing a {} MiB archive of {n} tweets: {peak:.0} MiB",
         written >> 20

@@ -5,15 +5,6 @@ mod common;
 use std::io::Write;
 use std::process::Command;
 
-/// Peak resident memory of all waited-for children so far, in MiB.
-fn children_peak_rss_mib() -> f64 {
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: getrusage writes into the struct we own.
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
-    assert_eq!(rc, 0, "getrusage failed");
-    usage.ru_maxrss as f64 / 1024.0 // kilobytes on Linux
-}
-
 #[test]
 fn a_large_corpus_trains_in_bounded_memory() {
     let tmp = tempfile::tempdir().unwrap();
@@ -60,7 +51,7 @@ fn a_large_corpus_trains_in_bounded_memory() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let peak = children_peak_rss_mib();
+    let peak = common::children_peak_rss_mib();
     println!(
         "peak RSS training on a {} MiB corpus: {peak:.0} MiB",
         written >> 20

@@ -69,7 +69,8 @@ pub fn read(
         loop {
             line_no += 1;
             if !line.iter().all(|b| b.is_ascii_whitespace()) {
-                let mut de = serde_json::Deserializer::from_slice(&line);
+                let body = line.trim_ascii_end(); // errors at the end of a line name that line
+                let mut de = serde_json::Deserializer::from_slice(body);
                 let r = Stream {
                     on_item: &mut on_item,
                     failure: &mut failure,

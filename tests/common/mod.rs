@@ -72,3 +72,12 @@ impl TweetSource for Lines {
         "test tweets".into()
     }
 }
+
+/// Peak resident memory of all waited-for children so far, in MiB.
+pub fn children_peak_rss_mib() -> f64 {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes into the struct we own.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    assert_eq!(rc, 0, "getrusage failed");
+    usage.ru_maxrss as f64 / 1024.0 // kilobytes on Linux
+}
