@@ -554,6 +554,22 @@ fn cli_bots_import_train_and_remove() {
             .any(|l| l.starts_with("fixture") && l.ends_with("trained")),
         "{out}"
     );
+    let store = Store::open(&home.join("aviary.db")).unwrap();
+    let runs = store
+        .runs(store.bot("fixture").unwrap().unwrap().id)
+        .unwrap();
+    let losses: Vec<(u64, f64, f64)> =
+        serde_json::from_str(runs[0].losses.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        losses.iter().map(|l| l.0).collect::<Vec<_>>(),
+        [3, 6],
+        "validations at 3 and 6"
+    );
+    assert_eq!(
+        runs[0].best_val_loss,
+        Some(losses.iter().map(|l| l.2).fold(f64::MAX, f64::min))
+    );
+    drop(store);
 
     // Removal asks; without a terminal it refuses rather than guess.
     let o = aviary(&home, &["bot", "remove", "fixture"]);

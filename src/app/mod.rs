@@ -22,6 +22,7 @@ pub use home::Home;
 use crate::corpus::PlainTextFiles;
 use crate::generate::{self, SampleConfig};
 use crate::model::{Checkpoint, StepWeights};
+use crate::store::RunEnd;
 use crate::train::{TrainConfig, Trainer, TweetSource};
 use crate::{Error, Result};
 
@@ -166,6 +167,8 @@ pub struct TrainOutcome {
     pub steps: u64,
     /// Best validation loss, nats/char.
     pub best_val_loss: Option<f64>,
+    /// Validation history: (step, training loss, validation loss).
+    pub history: Vec<(u64, f64, f64)>,
 }
 
 /// Trains (or resumes) a model as `req` says, sending progress to `events`; `cancel` stops
@@ -202,17 +205,26 @@ pub fn train(
                 .write(|w| w.start_run(Some(bot.id), "train", &hyper.to_string(), &dir_text))?;
             let result = run_trainer(config, req, &source, dir.clone(), device, events, cancel);
             let saved = dir.join(crate::model::checkpoint::CARD_FILE).exists();
-            source.store_mut().write(|w| {
-                match &result {
-                    Ok(o) => {
-                        let status = match o.reason {
-                            StopReason::Cancelled | StopReason::MaxSteps => "stopped",
-                            StopReason::Completed | StopReason::EarlyStopped => "finished",
-                        };
-                        w.finish_run(run, status, o.steps, o.best_val_loss, None)?
+            let end = match &result {
+                Ok(o) => RunEnd {
+                    status: match o.reason {
+                        StopReason::Cancelled | StopReason::MaxSteps => "stopped",
+                        StopReason::Completed | StopReason::EarlyStopped => "finished",
                     }
-                    Err(e) => w.finish_run(run, "failed", 0, None, Some(&e.to_string()))?,
-                }
+                    .into(),
+                    steps: o.steps,
+                    best_val_loss: o.best_val_loss,
+                    losses: Some(serde_json::to_string(&o.history).expect("numbers serialise")),
+                    error: None,
+                },
+                Err(e) => RunEnd {
+                    status: "failed".into(),
+                    error: Some(e.to_string()),
+                    ..RunEnd::default()
+                },
+            };
+            source.store_mut().write(|w| {
+                w.finish_run(run, &end)?;
                 if saved {
                     w.set_active_checkpoint(bot.id, &dir_text)?;
                 }
@@ -246,6 +258,7 @@ fn run_trainer(
         checkpoint_dir: dir,
         steps: trainer.progress().step,
         best_val_loss: trainer.progress().best_val_loss,
+        history: trainer.history().to_vec(),
     })
 }
 

@@ -48,6 +48,7 @@ pub const MIGRATIONS: &[&str] = &[
         checkpoint_dir TEXT NOT NULL,
         steps INTEGER,
         best_val_loss REAL,
+        losses TEXT,
         error TEXT
     );
     CREATE TABLE candidates (

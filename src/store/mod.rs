@@ -152,6 +152,23 @@ pub struct Run {
     pub steps: Option<u64>,
     /// Best validation loss, nats/char.
     pub best_val_loss: Option<f64>,
+    /// Validation history as JSON `[[step, train loss, validation loss], ...]`.
+    pub losses: Option<String>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// How a training run ended, as recorded.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunEnd {
+    /// `finished`, `stopped` or `failed`.
+    pub status: String,
+    /// Steps trained in all.
+    pub steps: u64,
+    /// Best validation loss, nats/char.
+    pub best_val_loss: Option<f64>,
+    /// Validation history as JSON.
+    pub losses: Option<String>,
     /// Why it failed.
     pub error: Option<String>,
 }
@@ -322,7 +339,7 @@ impl Store {
     pub fn runs(&self, bot: BotId) -> Result<Vec<Run>> {
         let mut st = self.conn.prepare_cached(
             "SELECT id, kind, started_at, finished_at, status, hyperparams, checkpoint_dir, steps,
-                    best_val_loss, error FROM training_runs WHERE bot_id = ?1 ORDER BY id",
+                    best_val_loss, losses, error FROM training_runs WHERE bot_id = ?1 ORDER BY id",
         )?;
         let rows = st.query_map([bot], |r| {
             Ok(Run {
@@ -335,7 +352,8 @@ impl Store {
                 checkpoint_dir: r.get(6)?,
                 steps: r.get::<_, Option<i64>>(7)?.map(|s| s as u64),
                 best_val_loss: r.get(8)?,
-                error: r.get(9)?,
+                losses: r.get(9)?,
+                error: r.get(10)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -530,18 +548,20 @@ impl Writer<'_> {
     }
 
     /// Records how a run ended.
-    pub fn finish_run(
-        &self,
-        run: RunId,
-        status: &str,
-        steps: u64,
-        best_val_loss: Option<f64>,
-        error: Option<&str>,
-    ) -> Result<()> {
+    pub fn finish_run(&self, run: RunId, end: &RunEnd) -> Result<()> {
         self.tx.execute(
-            "UPDATE training_runs SET finished_at = ?2, status = ?3, steps = ?4, best_val_loss = ?5, error = ?6
+            "UPDATE training_runs SET finished_at = ?2, status = ?3, steps = ?4, best_val_loss = ?5,
+                losses = ?6, error = ?7
              WHERE id = ?1",
-            params![run, self.now, status, steps as i64, best_val_loss, error],
+            params![
+                run,
+                self.now,
+                end.status,
+                end.steps as i64,
+                end.best_val_loss,
+                end.losses,
+                end.error
+            ],
         )?;
         Ok(())
     }

@@ -636,6 +636,11 @@ impl<'a> Trainer<'a> {
         Ok(reason)
     }
 
+    /// Validation history so far: (step, training loss, validation loss).
+    pub fn history(&self) -> &[(u64, f64, f64)] {
+        &self.history
+    }
+
     /// The current (latest) weights.
     pub fn weights(&self) -> HashMap<String, Tensor> {
         self.learner.model.weights()
