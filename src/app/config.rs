@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::corpus::CleanPolicy;
-use crate::generate::SampleConfig;
+use crate::generate::{NoveltyConfig, SampleConfig};
 use crate::model::ModelConfig;
 use crate::train::TrainConfig;
 use crate::{Error, Result};
@@ -24,6 +24,59 @@ pub struct Config {
     pub generate: SampleConfig,
     /// The cleaning policy new bots start with (each bot keeps its own copy).
     pub clean: CleanPolicy,
+    /// What fine-tuning a bot changes from `[train]`.
+    pub finetune: FinetuneConfig,
+    /// How a bot's candidates are judged against its training tweets.
+    pub novelty: NoveltyConfig,
+}
+
+/// The training settings fine-tuning uses instead of `[train]`'s: the base model's weights
+/// are a good start, so smaller steps, and a bot's few thousand tweets make short epochs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FinetuneConfig {
+    /// RMSprop learning rate.
+    pub learning_rate: f64,
+    /// Rows per batch.
+    pub batch_size: usize,
+    /// Passes over the bot's tweets at most.
+    pub num_epochs: u64,
+    /// Validate every this many steps, and at every epoch end (0: only at epoch ends).
+    pub val_every: u64,
+    /// Early stopping: validations without an improvement of `min_delta` before stopping.
+    pub patience: u32,
+    /// Early stopping: the smallest drop in validation loss that counts.
+    pub min_delta: f64,
+    /// Dropout during fine-tuning.
+    pub drop_rate: f32,
+}
+
+impl Default for FinetuneConfig {
+    fn default() -> Self {
+        FinetuneConfig {
+            learning_rate: 5e-4,
+            batch_size: 64,
+            num_epochs: 20,
+            val_every: 0,
+            patience: 2,
+            min_delta: 0.005,
+            drop_rate: 0.1,
+        }
+    }
+}
+
+impl FinetuneConfig {
+    /// Puts these settings into `config`'s `[train]` and `[model]`.
+    pub fn apply(&self, config: &mut Config) {
+        let t = &mut config.train;
+        t.learning_rate = self.learning_rate;
+        t.batch_size = self.batch_size;
+        t.num_epochs = self.num_epochs;
+        t.val_every = self.val_every;
+        t.patience = self.patience;
+        t.min_delta = self.min_delta;
+        config.model.drop_rate = self.drop_rate;
+    }
 }
 
 /// The documented default config file, as shipped.

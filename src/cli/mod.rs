@@ -10,6 +10,7 @@ use std::sync::{mpsc, Arc};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::app::training::Init;
 use crate::app::{
     self, bench::BenchRequest, Config, GenerateRequest, Home, StopReason, TrainData, TrainEvent,
     TrainOverrides, TrainRequest,
@@ -44,8 +45,14 @@ pub enum Command {
     Bot(bots::BotArgs),
     /// Import an account's tweets into a bot (X archive, API JSON, CSV or plain text).
     Import(bots::ImportArgs),
+    /// Fine-tune a bot's model from the base model on its tweets, or continue with --restore.
+    Finetune(FinetuneArgs),
+    /// Compare a bot's model with the base model (and one trained from scratch) on its held-out tweets.
+    Eval(EvalArgs),
     /// Train a model on a bot's tweets or on text files, or continue one with --restore.
     Train(TrainArgs),
+    /// Train your own base model on any corpus (see README: the built-in one's recipe).
+    Base(BaseArgs),
     /// Sample candidate tweets from a checkpoint.
     Generate(GenerateArgs),
     /// Measure training and sampling speed (JSON lines, same shape as torch_charlstm.py).
@@ -69,6 +76,9 @@ pub struct TrainArgs {
     /// Continue the run saved in --checkpoint-dir (same step, optimizer state and data order).
     #[arg(long)]
     pub restore: bool,
+    /// Start over, deleting the checkpoint in --checkpoint-dir.
+    #[arg(long, conflicts_with = "restore")]
+    pub replace: bool,
     /// Passes over the corpus.
     #[arg(long)]
     pub num_epochs: Option<u64>,
@@ -113,9 +123,84 @@ pub struct TrainArgs {
     pub device: Option<String>,
 }
 
+/// `aviary finetune`.
+#[derive(Args, Debug)]
+pub struct FinetuneArgs {
+    /// The bot.
+    pub bot: String,
+    /// Start from this checkpoint directory instead of the base model.
+    #[arg(long)]
+    pub from: Option<PathBuf>,
+    /// Passes over the bot's tweets at most (default: config [finetune]).
+    #[arg(long, alias = "num-epochs")]
+    pub epochs: Option<u64>,
+    /// Learning rate (default: config [finetune]; also on --restore).
+    #[arg(long, alias = "learning-rate")]
+    pub lr: Option<f64>,
+    /// Continue the fine-tuning saved under the bot.
+    #[arg(long)]
+    pub restore: bool,
+    /// Start over, deleting the bot's current model.
+    #[arg(long, conflicts_with = "restore")]
+    pub replace: bool,
+    /// Stop after this many steps in all.
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// Rows per batch.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Dropout rate.
+    #[arg(long)]
+    pub drop_rate: Option<f32>,
+    /// Validate every N steps (and at each epoch end).
+    #[arg(long)]
+    pub val_every: Option<u64>,
+    /// Early stopping: validations without improvement before stopping (0: never).
+    #[arg(long)]
+    pub patience: Option<u32>,
+    /// Seed of shuffling and dropout.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// cpu, cuda or cuda:N (default: CUDA when built with it and a GPU is present).
+    #[arg(long)]
+    pub device: Option<String>,
+}
+
+/// `aviary eval`.
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// The bot.
+    pub bot: String,
+    /// Also train a model from scratch on the bot's tweets for as long as its fine-tuning took.
+    #[arg(long)]
+    pub scratch: bool,
+    /// cpu, cuda or cuda:N.
+    #[arg(long)]
+    pub device: Option<String>,
+}
+
+/// `aviary base`.
+#[derive(Args, Debug)]
+pub struct BaseArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: BaseCommand,
+}
+
+/// The base subcommands.
+#[derive(Subcommand, Debug)]
+pub enum BaseCommand {
+    /// Train a base model on a general corpus (the flags of `aviary train`).
+    Train(TrainArgs),
+}
+
 /// `aviary generate`.
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
+    /// Generate for this bot (its model, or the base model until it is fine-tuned): candidates
+    /// that copy its tweets are dropped, the rest stored for review.
+    #[arg(long)]
+    pub bot: Option<String>,
     /// Checkpoint directory (written by `aviary train`); default: the built-in base model.
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
@@ -183,7 +268,12 @@ pub fn run() -> Result<()> {
         Command::Bot(a) => bots::bot(&config, &home()?, a),
         Command::Import(a) => bots::import(&home()?, a),
         Command::Train(a) => train(&config, home, a),
-        Command::Generate(a) => generate(&config, a),
+        Command::Base(BaseArgs {
+            command: BaseCommand::Train(a),
+        }) => train(&config, home, a),
+        Command::Finetune(a) => finetune(&config, home()?, a),
+        Command::Eval(a) => eval(&config, home()?, a),
+        Command::Generate(a) => generate(&config, home, a),
         Command::Bench(a) => bench(a),
     }
 }
@@ -218,11 +308,48 @@ fn train(config: &Config, home: impl FnOnce() -> Result<Home>, a: TrainArgs) -> 
     };
     let req = TrainRequest {
         data,
+        init: Init::Scratch,
         checkpoint_dir: a.checkpoint_dir,
         restore: a.restore,
+        replace: a.replace,
         overrides,
         device: a.device,
     };
+    run_training(config, req)
+}
+
+/// `aviary finetune`.
+fn finetune(config: &Config, home: Home, a: FinetuneArgs) -> Result<()> {
+    let overrides = TrainOverrides {
+        batch_size: a.batch_size,
+        drop_rate: a.drop_rate,
+        learning_rate: a.lr,
+        num_epochs: a.epochs,
+        max_steps: a.max_steps,
+        val_every: a.val_every,
+        patience: a.patience,
+        seed: a.seed,
+        ..TrainOverrides::default()
+    };
+    if a.restore {
+        for flag in overrides.ignored_on_resume() {
+            eprintln!("note: {flag} is ignored with --restore: the checkpoint fixes it");
+        }
+    }
+    let req = TrainRequest {
+        data: TrainData::Bot { home, name: a.bot },
+        init: Init::Pretrained(a.from),
+        checkpoint_dir: None,
+        restore: a.restore,
+        replace: a.replace,
+        overrides,
+        device: a.device,
+    };
+    run_training(config, req)
+}
+
+/// Runs a training request with progress drawn, Ctrl-C stopping it cleanly.
+fn run_training(config: &Config, req: TrainRequest) -> Result<()> {
     let cancel = Arc::new(AtomicBool::new(false));
     let flag = cancel.clone();
     ctrlc::set_handler(move || {
@@ -247,13 +374,45 @@ fn train(config: &Config, home: impl FnOnce() -> Result<Home>, a: TrainArgs) -> 
     })?;
     let dir = outcome.checkpoint_dir.display();
     match outcome.reason {
-        StopReason::Cancelled | StopReason::MaxSteps => {
+        StopReason::Cancelled | StopReason::MaxSteps | StopReason::TimeLimit => {
             println!("saved to {dir}; continue with the same command and --restore")
         }
         StopReason::EarlyStopped => {
             println!("stopped early (validation loss no longer improving); best model in {dir}")
         }
         StopReason::Completed => println!("done; best model in {dir}"),
+    }
+    Ok(())
+}
+
+/// `aviary eval`: the table of held-out losses.
+fn eval(config: &Config, home: Home, a: EvalArgs) -> Result<()> {
+    let cancel = AtomicBool::new(false);
+    let (tx, rx) = mpsc::channel();
+    let rows = std::thread::scope(|s| {
+        let worker = s.spawn(move || {
+            app::eval(
+                config,
+                &home,
+                &a.bot,
+                a.scratch,
+                a.device.as_deref(),
+                &tx,
+                &cancel,
+            )
+        });
+        draw_progress(rx);
+        worker.join().expect("the evaluation thread panicked")
+    })?;
+    println!(
+        "{:<14} {:>9} {:>6} {:>10} {:>9}  checkpoint",
+        "model", "val loss", "vocab", "chars", "trained"
+    );
+    for r in rows {
+        println!(
+            "{:<14} {:>9.4} {:>6} {:>10} {:>8.0}s  {}",
+            r.model, r.val_loss, r.vocab, r.chars, r.train_seconds, r.checkpoint
+        );
     }
     Ok(())
 }
@@ -286,7 +445,14 @@ fn draw_progress(rx: mpsc::Receiver<TrainEvent>) {
                 vocab_size,
                 params,
                 device,
+                unknown_chars,
+                unknown_distinct,
             } => {
+                if unknown_chars > 0 {
+                    say(format!(
+                        "{unknown_chars} characters of the tweets ({unknown_distinct} distinct) are not in the model's vocabulary and are read as unknown"
+                    ));
+                }
                 say(format!(
                     "training on {device}: {train_chars} chars ({val_chars} held out), vocab {vocab_size}, {params} parameters, {steps_per_epoch} steps/epoch{}",
                     if start_step > 0 { format!(", resuming at step {start_step}") } else { String::new() }
@@ -348,7 +514,7 @@ fn fmt_secs(s: f64) -> String {
     }
 }
 
-fn generate(config: &Config, a: GenerateArgs) -> Result<()> {
+fn generate(config: &Config, home: impl FnOnce() -> Result<Home>, a: GenerateArgs) -> Result<()> {
     let req = GenerateRequest {
         checkpoint: a.checkpoint,
         n: a.n,
@@ -358,11 +524,44 @@ fn generate(config: &Config, a: GenerateArgs) -> Result<()> {
         prime: a.prime,
         seed: a.seed,
     };
-    let (texts, seed) = app::generate(config, &req)?;
-    for t in texts {
-        println!("{t}");
+    let Some(bot) = a.bot else {
+        let (texts, seed) = app::generate(config, &req)?;
+        for t in texts {
+            println!("{t}");
+        }
+        tracing::info!("seed {seed}");
+        return Ok(());
+    };
+    let mut store = home()?.open_store()?;
+    let started = std::time::Instant::now();
+    let batch = app::candidates::generate_for_bot(config, &mut store, &bot, &req)?;
+    let dropped: Vec<String> = batch
+        .rejected
+        .iter()
+        .map(|(r, n)| format!("{} {n}", r.name()))
+        .collect();
+    eprintln!(
+        "{} new candidates for {bot} from {} in {:.2} s (sampled {}, dropped {}; seed {})",
+        batch.kept.len(),
+        batch.checkpoint,
+        started.elapsed().as_secs_f64(),
+        batch.sampled,
+        if dropped.is_empty() {
+            "none".to_string()
+        } else {
+            dropped.join(", ")
+        },
+        batch.seed
+    );
+    for c in &batch.kept {
+        println!("{}\t{:.2}\t{}", c.id, c.novelty, c.text);
     }
-    tracing::info!("seed {seed}");
+    if batch.kept.len() < req.n {
+        eprintln!(
+            "note: fewer than {} passed the checks; try a higher --temperature",
+            req.n
+        );
+    }
     Ok(())
 }
 

@@ -2,6 +2,10 @@
 //! end-of-tweet symbol or at 280 characters; N candidates are sampled together as one batch,
 //! and a seed makes the whole thing reproducible. Uses the model's step-by-step forward.
 
+pub mod novelty;
+
+pub use novelty::{NoveltyConfig, NoveltyIndex, Rejection};
+
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};

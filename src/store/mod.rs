@@ -158,6 +158,25 @@ pub struct Run {
     pub error: Option<String>,
 }
 
+/// A candidate tweet as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CandidateRow {
+    /// Row id.
+    pub id: i64,
+    /// When it was generated (RFC 3339).
+    pub created_at: String,
+    /// The text as sampled.
+    pub text: String,
+    /// The text as edited by the user, if it was.
+    pub edited_text: Option<String>,
+    /// The sampling settings, as JSON.
+    pub sampling: String,
+    /// 1 - its overlap with the bot's training tweets.
+    pub novelty: Option<f64>,
+    /// `new`, `approved`, `rejected` or `edited`.
+    pub status: String,
+}
+
 /// How a training run ended, as recorded.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RunEnd {
@@ -335,6 +354,35 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// The candidates of `bot`, oldest first.
+    pub fn candidates(&self, bot: BotId) -> Result<Vec<CandidateRow>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT id, created_at, text, edited_text, sampling, novelty, status FROM candidates
+             WHERE bot_id = ?1 ORDER BY id",
+        )?;
+        let rows = st.query_map([bot], |r| {
+            Ok(CandidateRow {
+                id: r.get(0)?,
+                created_at: r.get(1)?,
+                text: r.get(2)?,
+                edited_text: r.get(3)?,
+                sampling: r.get(4)?,
+                novelty: r.get(5)?,
+                status: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// True when `text` is already a candidate of `bot`, or queued or posted by any bot.
+    pub fn is_known_text(&self, bot: BotId, text: &str) -> Result<bool> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT 1 FROM candidates WHERE bot_id = ?1 AND (text = ?2 OR edited_text = ?2)
+             UNION ALL SELECT 1 FROM queue WHERE text = ?2 AND status IN ('queued', 'sending', 'posted')",
+        )?;
+        Ok(st.exists(params![bot, text])?)
+    }
+
     /// Every training run of `bot`, oldest first.
     pub fn runs(&self, bot: BotId) -> Result<Vec<Run>> {
         let mut st = self.conn.prepare_cached(
@@ -426,6 +474,15 @@ impl Writer<'_> {
         self.tx.execute(
             "UPDATE bots SET clean_policy = ?2 WHERE id = ?1",
             params![bot, policy],
+        )?;
+        Ok(())
+    }
+
+    /// Sets the checkpoint a bot's fine-tuning starts from (`None`: the built-in base model).
+    pub fn set_base_checkpoint(&self, bot: BotId, dir: Option<&str>) -> Result<()> {
+        self.tx.execute(
+            "UPDATE bots SET base_checkpoint = ?2 WHERE id = ?1",
+            params![bot, dir],
         )?;
         Ok(())
     }
@@ -529,6 +586,22 @@ impl Writer<'_> {
             )?
             .execute(params![row, text, drop_reason.is_none(), drop_reason])?;
         Ok(())
+    }
+
+    /// Stores a new candidate; returns its id.
+    pub fn insert_candidate(
+        &self,
+        bot: BotId,
+        text: &str,
+        sampling: &str,
+        novelty: f64,
+    ) -> Result<i64> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO candidates (bot_id, created_at, text, sampling, novelty) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![bot, self.now, text, sampling, novelty])?;
+        Ok(self.tx.last_insert_rowid())
     }
 
     /// Records a training run that is starting.

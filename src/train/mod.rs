@@ -47,6 +47,8 @@ pub struct TrainConfig {
     pub num_epochs: u64,
     /// Stop after this many steps in all (0: no limit).
     pub max_steps: u64,
+    /// Stop after this many seconds of training in all (0: no limit).
+    pub max_seconds: f64,
     /// Fraction of tweets held out for validation, chosen by a hash of the tweet.
     pub val_fraction: f64,
     /// Validate every this many steps, and at each epoch end (0: only at epoch ends).
@@ -76,6 +78,7 @@ impl Default for TrainConfig {
             clip_norm: 5.0,
             num_epochs: 10,
             max_steps: 0,
+            max_seconds: 0.0,
             val_fraction: 0.1,
             val_every: 500,
             val_batches: 16,
@@ -96,6 +99,8 @@ pub enum StopReason {
     Completed,
     /// `max_steps` was reached; `--restore` with a larger limit continues.
     MaxSteps,
+    /// `max_seconds` of training were reached; `--restore` with a larger limit continues.
+    TimeLimit,
     /// Validation loss stopped improving.
     EarlyStopped,
     /// The user asked to stop; `--restore` continues.
@@ -164,6 +169,10 @@ pub enum TrainEvent {
         params: usize,
         /// Where it runs ("cpu, 2 threads", "cuda:0").
         device: String,
+        /// Occurrences of characters in the corpus that map to the unknown symbol.
+        unknown_chars: u64,
+        /// Distinct characters that map to the unknown symbol.
+        unknown_distinct: u64,
     },
     /// One optimizer step done.
     Step {
@@ -240,6 +249,49 @@ impl<'a> Trainer<'a> {
             None,
             device,
         )
+    }
+
+    /// A new run starting from a trained model's weights and vocabulary (fine-tuning): the
+    /// corpus's characters that the vocabulary lacks map to the unknown symbol (see
+    /// [`Trainer::unknown_chars`]). `drop_rate` replaces the model's dropout when given.
+    pub fn from_pretrained(
+        source: &'a dyn TweetSource,
+        dir: &Path,
+        pretrained: &Checkpoint,
+        drop_rate: Option<f32>,
+        config: TrainConfig,
+        device: Device,
+    ) -> Result<Self> {
+        let stats = CorpusStats::scan(source, config.val_fraction)?;
+        let mut model_config = pretrained.card.model.clone();
+        if let Some(d) = drop_rate {
+            model_config.drop_rate = d;
+        }
+        let weights = pretrained
+            .weights
+            .iter()
+            .map(|(k, t)| Ok((k.clone(), t.to_device(&device)?)))
+            .collect::<Result<HashMap<_, _>>>()?;
+        Trainer::build(
+            source,
+            dir,
+            model_config,
+            config,
+            pretrained.card.vocab.clone(),
+            stats,
+            weights,
+            None,
+            device,
+        )
+    }
+
+    /// Characters of the corpus outside the vocabulary: (distinct, occurrences).
+    pub fn unknown_chars(&self) -> (u64, u64) {
+        self.stats
+            .char_counts
+            .iter()
+            .filter(|(c, _)| self.vocab.id(**c) == crate::model::UNK)
+            .fold((0, 0), |(d, n), (_, k)| (d + 1, n + k))
     }
 
     /// Continues the run saved in `dir` from its last state: same step, weights, optimizer
@@ -519,6 +571,8 @@ impl<'a> Trainer<'a> {
                 .map(|(_, v)| v.elem_count())
                 .sum(),
             device: describe_device(&self.device),
+            unknown_chars: self.unknown_chars().1,
+            unknown_distinct: self.unknown_chars().0,
         });
         let chars_per_step = (self.config.batch_size * self.config.seq_len) as f64;
         let started = Instant::now();
@@ -549,6 +603,11 @@ impl<'a> Trainer<'a> {
                 }
                 if self.config.max_steps > 0 && self.progress.step >= self.config.max_steps {
                     break 'run StopReason::MaxSteps;
+                }
+                if self.config.max_seconds > 0.0
+                    && self.progress.train_seconds >= self.config.max_seconds
+                {
+                    break 'run StopReason::TimeLimit;
                 }
                 let Some(batch) = stream.next().transpose()? else {
                     break;
@@ -701,6 +760,47 @@ impl Learner {
         self.opt.step(&grads, scale)?;
         Ok(loss.to_scalar::<f32>()? as f64)
     }
+}
+
+/// Mean loss (nats per character) of `model` over the whole held-out split of `source`, in
+/// windows of `seq_len` characters, and the characters it covered. Models with different
+/// vocabularies can be compared on the same tweets this way.
+pub fn evaluate(
+    model: &CharLstm,
+    vocab: &Vocab,
+    source: &dyn TweetSource,
+    val_fraction: f64,
+    seq_len: usize,
+    device: &Device,
+) -> Result<(f64, u64)> {
+    let spec = StreamSpec {
+        split: Split::Validation,
+        val_fraction,
+        batch: 64,
+        seq_len,
+        shuffle_windows: 1,
+        seed: 0,
+        keep_partial: true,
+    };
+    let (mut sum, mut n) = (0f64, 0u64);
+    for b in BatchStream::new(source, vocab, spec)? {
+        let b = b?;
+        let shape = (b.seq_len, b.batch);
+        let x = Tensor::from_vec(b.inputs, shape, device)?;
+        let y = Tensor::from_vec(b.targets, shape, device)?;
+        let loss = rayon::scope(|_| model.loss(&x, &y, None))?.to_scalar::<f32>()? as f64;
+        let chars = (b.batch * b.seq_len) as u64;
+        sum += loss * chars as f64;
+        n += chars;
+    }
+    if n == 0 {
+        return Err(Error::corpus(
+            source.describe(),
+            "has no held-out text to evaluate on",
+            "import more tweets",
+        ));
+    }
+    Ok((sum / n as f64, n))
 }
 
 /// A seed for stream `k` of a run seeded with `seed` (SplitMix64 finaliser).

@@ -1,0 +1,230 @@
+//! Is a candidate new, or a copy of a training tweet? An index of every character n-gram of
+//! the training tweets (hashed, 8 bytes each) is built once; a candidate's overlap is the share
+//! of its characters covered by n-grams the index holds. A copied tweet scores 1, a tweet
+//! stitched from two copied halves nearly 1, new text that only shares common phrases well
+//! below. Also the cheap checks a bot author expects before reading a candidate.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+
+/// How candidates are judged.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NoveltyConfig {
+    /// Characters per n-gram: shared runs shorter than this do not count as copying.
+    pub ngram: usize,
+    /// Drop a candidate when this share of its characters or more is covered by n-grams of
+    /// the training tweets.
+    pub max_overlap: f64,
+    /// Drop candidates shorter than this many characters.
+    pub min_chars: usize,
+}
+
+impl Default for NoveltyConfig {
+    fn default() -> Self {
+        NoveltyConfig {
+            ngram: 12,
+            max_overlap: 0.8,
+            min_chars: 10,
+        }
+    }
+}
+
+/// Why a candidate is dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Rejection {
+    /// Nothing but white space.
+    Empty,
+    /// Shorter than `min_chars`.
+    TooShort,
+    /// Quotes or brackets that do not pair up.
+    Unbalanced,
+    /// Copies a training tweet (overlap at or above `max_overlap`).
+    Copy,
+    /// The same text as another candidate, or as a tweet already queued or posted.
+    Repeat,
+}
+
+impl Rejection {
+    /// The name used in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Rejection::Empty => "empty",
+            Rejection::TooShort => "too-short",
+            Rejection::Unbalanced => "unbalanced",
+            Rejection::Copy => "copy",
+            Rejection::Repeat => "repeat",
+        }
+    }
+}
+
+/// The n-grams of a bot's training tweets.
+pub struct NoveltyIndex {
+    n: usize,
+    grams: HashSet<u64>,
+}
+
+impl NoveltyIndex {
+    /// An empty index of `n`-character windows.
+    pub fn new(n: usize) -> Self {
+        NoveltyIndex {
+            n: n.max(1),
+            grams: HashSet::new(),
+        }
+    }
+
+    /// Indexes every `n`-character window of every tweet.
+    pub fn build<'a>(tweets: impl IntoIterator<Item = &'a str>, n: usize) -> Self {
+        let mut index = NoveltyIndex::new(n);
+        tweets.into_iter().for_each(|t| index.add(t));
+        index
+    }
+
+    /// Adds the windows of one training tweet.
+    pub fn add(&mut self, tweet: &str) {
+        let b = boundaries(tweet);
+        for w in b.windows(self.n + 1) {
+            self.grams.insert(hash(&tweet.as_bytes()[w[0]..w[self.n]]));
+        }
+    }
+
+    /// Distinct n-grams held.
+    pub fn len(&self) -> usize {
+        self.grams.len()
+    }
+
+    /// True when no tweet was long enough to give an n-gram.
+    pub fn is_empty(&self) -> bool {
+        self.grams.is_empty()
+    }
+
+    /// The share of `text`'s characters inside some n-gram the training tweets also have (0
+    /// for text shorter than n).
+    pub fn overlap(&self, text: &str) -> f64 {
+        let b = boundaries(text);
+        let chars = b.len() - 1;
+        if chars < self.n {
+            return 0.0;
+        }
+        let mut covered = vec![false; chars];
+        for (i, w) in b.windows(self.n + 1).enumerate() {
+            if self
+                .grams
+                .contains(&hash(&text.as_bytes()[w[0]..w[self.n]]))
+            {
+                covered[i..i + self.n].iter_mut().for_each(|c| *c = true);
+            }
+        }
+        covered.iter().filter(|c| **c).count() as f64 / chars as f64
+    }
+
+    /// Judges `text`: its novelty (1 - overlap), or why it is dropped. Repeats are the
+    /// caller's to judge.
+    pub fn judge(&self, text: &str, cfg: &NoveltyConfig) -> Result<f64, Rejection> {
+        let t = text.trim();
+        if t.is_empty() {
+            return Err(Rejection::Empty);
+        }
+        if t.chars().count() < cfg.min_chars {
+            return Err(Rejection::TooShort);
+        }
+        if !balanced(t) {
+            return Err(Rejection::Unbalanced);
+        }
+        let overlap = self.overlap(t);
+        if overlap >= cfg.max_overlap {
+            return Err(Rejection::Copy);
+        }
+        Ok(1.0 - overlap)
+    }
+}
+
+/// Byte offsets of each character, and the end.
+fn boundaries(s: &str) -> Vec<usize> {
+    s.char_indices().map(|(i, _)| i).chain([s.len()]).collect()
+}
+
+fn hash(bytes: &[u8]) -> u64 {
+    crate::corpus::clean::text_hash(std::str::from_utf8(bytes).unwrap_or_default())
+}
+
+/// Straight double quotes come in pairs, curly quotes and brackets open before they close.
+fn balanced(t: &str) -> bool {
+    if t.matches('"').count() % 2 == 1 {
+        return false;
+    }
+    for (open, close) in [('(', ')'), ('[', ']'), ('“', '”')] {
+        let mut depth = 0i32;
+        for c in t.chars() {
+            if c == open {
+                depth += 1;
+            } else if c == close {
+                depth -= 1;
+                if depth < 0 {
+                    return false;
+                }
+            }
+        }
+        if depth != 0 {
+            return false;
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TRAINING: [&str; 3] = [
+        "The universe is under no obligation to make sense to you.",
+        "We are stardust brought to life, then empowered by the universe to figure itself out.",
+        "Not enough people in the world, I fear, carry a curiosity gene.",
+    ];
+
+    #[test]
+    fn a_copy_is_caught_and_new_text_kept() {
+        let idx = NoveltyIndex::build(TRAINING, 12);
+        let cfg = NoveltyConfig::default();
+        assert_eq!(idx.judge(TRAINING[0], &cfg), Err(Rejection::Copy));
+        // Two copied halves stitched together are a copy too.
+        let stitched = "The universe is under no obligation to figure itself out.";
+        assert!(idx.overlap(stitched) > 0.9, "{}", idx.overlap(stitched));
+        assert_eq!(idx.judge(stitched, &cfg), Err(Rejection::Copy));
+        let new = "Saturn would float in a bathtub, if you could find one big enough.";
+        let novelty = idx.judge(new, &cfg).unwrap();
+        assert!(novelty > 0.9, "{novelty}");
+        // A shared phrase is not a copy.
+        let phrase = "My cat is under no obligation to make sense, as far as I can tell.";
+        let n = idx.judge(phrase, &cfg).unwrap();
+        assert!(n > 0.2 && n < 0.9, "{n}");
+    }
+
+    #[test]
+    fn cheap_checks() {
+        let idx = NoveltyIndex::build(TRAINING, 12);
+        let cfg = NoveltyConfig::default();
+        assert_eq!(idx.judge("   ", &cfg), Err(Rejection::Empty));
+        assert_eq!(idx.judge("hi there", &cfg), Err(Rejection::TooShort));
+        assert_eq!(
+            idx.judge("she said \"go away and then", &cfg),
+            Err(Rejection::Unbalanced)
+        );
+        assert_eq!(
+            idx.judge("an aside (that never closes", &cfg),
+            Err(Rejection::Unbalanced)
+        );
+        assert_eq!(
+            idx.judge("closes ) before it opens (", &cfg),
+            Err(Rejection::Unbalanced)
+        );
+        assert!(idx
+            .judge("an aside (that closes) and \"a quote\"", &cfg)
+            .is_ok());
+        assert!(idx
+            .judge("non-ASCII is fine: café, 東京, 🚀 launch", &cfg)
+            .is_ok());
+    }
+}

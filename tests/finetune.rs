@@ -1,0 +1,283 @@
+//! Bots that sound like their account, as a user gets them: a small base model trained on a
+//! general corpus, a bot fine-tuned from it on an account's tweets (characters the base lacks
+//! read as unknown, and said so), the evaluation table, an interrupted fine-tune resumed, and
+//! candidates that are stored, new, and never copies.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use aviary::store::Store;
+
+fn aviary(home: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_aviary"))
+        .args(args)
+        .env("AVIARY_HOME", home)
+        .env("RAYON_NUM_THREADS", "2")
+        .stdin(Stdio::null())
+        .output()
+        .expect("aviary runs")
+}
+
+fn ok(o: Output) -> (String, String) {
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "failed:\n{out}\n{err}");
+    (out, err)
+}
+
+/// An account with a voice of its own, and two characters (ü, €) the base never saw.
+fn account_tweets(n: usize) -> Vec<String> {
+    let who = ["Our bakery", "The night shift", "Grandma Ute", "This café"];
+    let what = [
+        "proudly serves",
+        "now bakes",
+        "still sells",
+        "happily makes",
+    ];
+    let food = ["pretzels", "rye bread", "apple strudel", "poppy seed rolls"];
+    (0..n)
+        .map(|i| {
+            format!(
+                "{} {} fresh {} in Zürich for €{} only",
+                who[i % 4],
+                what[(i / 4) % 4],
+                food[(i / 16) % 4],
+                i % 9 + 1
+            )
+        })
+        .collect()
+}
+
+const TINY: [&str; 8] = [
+    "--rnn-size",
+    "32",
+    "--embedding-size",
+    "8",
+    "--batch-size",
+    "16",
+    "--seq-len",
+    "16",
+];
+
+/// A home with a small base model and a bot `bakery` holding the account's tweets.
+fn setup(tmp: &Path) -> (std::path::PathBuf, String) {
+    let home = tmp.join("home");
+    let general = common::corpus_file(tmp, "general.txt", 1500);
+    let base = tmp.join("base");
+    let mut args = vec![
+        "base",
+        "train",
+        "--corpus",
+        general.to_str().unwrap(),
+        "--checkpoint-dir",
+        base.to_str().unwrap(),
+        "--max-steps",
+        "120",
+        "--val-every",
+        "40",
+        "--learning-rate",
+        "0.005",
+    ];
+    args.extend(TINY);
+    ok(aviary(&home, &args));
+    let account = tmp.join("bakery.txt");
+    std::fs::write(&account, account_tweets(400).join("\n")).unwrap();
+    ok(aviary(&home, &["bot", "new", "bakery"]));
+    ok(aviary(
+        &home,
+        &["import", "bakery", account.to_str().unwrap()],
+    ));
+    (home, base.to_str().unwrap().to_string())
+}
+
+/// The "val loss" column of `aviary eval`'s row for `model`.
+fn eval_loss(table: &str, model: &str) -> f64 {
+    let row = table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(model))
+        .unwrap_or_else(|| panic!("no row {model} in:\n{table}"));
+    row.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn finetuning_beats_the_base_and_says_what_it_cannot_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (home, base) = setup(tmp.path());
+
+    let (out, err) = ok(aviary(
+        &home,
+        &["finetune", "bakery", "--from", &base, "--lr", "0.005"],
+    ));
+    // The base model's vocabulary is the general corpus's characters: the account's others
+    // (ü, €, capitals the grammar never uses) are read as unknown, and counted.
+    let general: std::collections::HashSet<char> = common::tweets(1500).concat().chars().collect();
+    let account = account_tweets(400).concat();
+    let unknown: Vec<char> = account.chars().filter(|c| !general.contains(c)).collect();
+    let distinct: std::collections::HashSet<&char> = unknown.iter().collect();
+    assert!(distinct.contains(&'ü') && distinct.contains(&'€'));
+    let line = err
+        .lines()
+        .find(|l| l.contains("not in the model's vocabulary"))
+        .unwrap_or_else(|| panic!("no unknown-character report:\n{err}"));
+    assert!(
+        line.starts_with(&format!(
+            "{} characters of the tweets ({} distinct)",
+            unknown.len(),
+            distinct.len()
+        )),
+        "{line}"
+    );
+    assert!(
+        out.contains("stopped early") || out.contains("done;"),
+        "fine-tuning should end by itself:\n{out}"
+    );
+    let (show, _) = ok(aviary(&home, &["bot", "show", "bakery"]));
+    assert!(show.contains("finetune finished"), "{show}");
+
+    let (table, _) = ok(aviary(&home, &["eval", "bakery", "--scratch"]));
+    let rows: Vec<&str> = table
+        .lines()
+        .skip_while(|l| !l.starts_with("model"))
+        .collect();
+    assert!(
+        rows[0].contains("val loss") && rows[0].contains("vocab"),
+        "{table}"
+    );
+    assert_eq!(rows.len(), 4, "bot, base and scratch rows:\n{table}");
+    let (mine, base_loss) = (eval_loss(&table, "bakery"), eval_loss(&table, "base"));
+    let scratch = eval_loss(&table, "scratch");
+    assert!(
+        mine < base_loss - 0.5 && mine < scratch,
+        "fine-tuned {mine} vs base {base_loss} and scratch {scratch}:\n{table}"
+    );
+}
+
+#[test]
+fn an_interrupted_finetune_resumes_where_it_stopped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (home, base) = setup(tmp.path());
+    let (out, _) = ok(aviary(
+        &home,
+        &["finetune", "bakery", "--from", &base, "--max-steps", "5"],
+    ));
+    assert!(out.contains("--restore"), "{out}");
+    let o = aviary(&home, &["finetune", "bakery", "--from", &base]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--replace"));
+
+    let (out, err) = ok(aviary(
+        &home,
+        &["finetune", "bakery", "--restore", "--max-steps", "9"],
+    ));
+    assert!(err.contains("resuming at step 5"), "{err}");
+    assert!(out.contains("finished at step 9"), "{out}");
+    let store = Store::open(&home.join("aviary.db")).unwrap();
+    let runs = store
+        .runs(store.bot("bakery").unwrap().unwrap().id)
+        .unwrap();
+    let summary: Vec<(&str, &str, Option<u64>)> = runs
+        .iter()
+        .map(|r| (r.kind.as_str(), r.status.as_str(), r.steps))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("finetune", "stopped", Some(5)),
+            ("finetune", "failed", Some(0)),
+            ("finetune", "stopped", Some(9))
+        ]
+    );
+    drop(store);
+    // --replace starts over.
+    let (_, err) = ok(aviary(
+        &home,
+        &[
+            "finetune",
+            "bakery",
+            "--from",
+            &base,
+            "--replace",
+            "--max-steps",
+            "2",
+        ],
+    ));
+    assert!(!err.contains("resuming"), "{err}");
+}
+
+#[test]
+fn candidates_are_stored_new_and_never_copies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (home, base) = setup(tmp.path());
+    ok(aviary(
+        &home,
+        &["finetune", "bakery", "--from", &base, "--lr", "0.005"],
+    ));
+    let training = account_tweets(400);
+
+    let (out, err) = ok(aviary(
+        &home,
+        &[
+            "generate",
+            "--bot",
+            "bakery",
+            "-n",
+            "6",
+            "--seed",
+            "3",
+            "--temperature",
+            "1.0",
+        ],
+    ));
+    assert!(err.contains("new candidates for bakery"), "{err}");
+    let lines: Vec<(i64, f64, String)> = out
+        .lines()
+        .map(|l| {
+            let mut f = l.splitn(3, '\t');
+            let id = f.next().unwrap().parse().unwrap();
+            let novelty = f.next().unwrap().parse().unwrap();
+            (id, novelty, f.next().unwrap().to_string())
+        })
+        .collect();
+    assert!(!lines.is_empty(), "{err}");
+    for (_, novelty, text) in &lines {
+        assert!(*novelty > 0.2 - 1e-9, "{novelty} {text}");
+        assert!(!training.contains(text), "a copy got through: {text}");
+        assert!(
+            text.chars().count() >= 10 && text.chars().count() <= 280,
+            "{text}"
+        );
+    }
+    let store = Store::open(&home.join("aviary.db")).unwrap();
+    let bot = store.bot("bakery").unwrap().unwrap();
+    let stored = store.candidates(bot.id).unwrap();
+    assert_eq!(stored.len(), lines.len());
+    for (c, (id, _, text)) in stored.iter().zip(&lines) {
+        assert_eq!((&c.id, &c.text, c.status.as_str()), (id, text, "new"));
+        let sampling: serde_json::Value = serde_json::from_str(&c.sampling).unwrap();
+        assert_eq!(sampling["temperature"], 1.0);
+        assert_eq!(sampling["seed"], 3);
+    }
+    drop(store);
+
+    // A model this small has learned the account by heart: at temperature 0 it only
+    // reproduces training tweets, and every one is dropped as a copy.
+    let (out, err) = ok(aviary(
+        &home,
+        &[
+            "generate",
+            "--bot",
+            "bakery",
+            "-n",
+            "3",
+            "--temperature",
+            "0",
+        ],
+    ));
+    assert!(err.contains("copy"), "{err}");
+    for l in out.lines() {
+        let text = l.splitn(3, '\t').nth(2).unwrap();
+        assert!(!training.contains(&text.to_string()), "{text}");
+    }
+}
