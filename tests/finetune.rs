@@ -281,3 +281,54 @@ fn candidates_are_stored_new_and_never_copies() {
         assert!(!training.contains(&text.to_string()), "{text}");
     }
 }
+
+#[test]
+fn search_ranks_its_trials_and_leaves_the_bots_model_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (home, base) = setup(tmp.path());
+    ok(aviary(
+        &home,
+        &["finetune", "bakery", "--from", &base, "--max-steps", "3"],
+    ));
+    let (out, err) = ok(aviary(
+        &home,
+        &[
+            "search", "--bot", "bakery", "--trials", "3", "--budget", "3",
+        ],
+    ));
+    assert_eq!(err.matches("trial ").count(), 3, "{err}");
+    let rows: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("rank"))
+        .collect();
+    assert_eq!(rows.len(), 5, "header, 3 trials, the file:\n{out}");
+    let losses: Vec<f64> = rows[1..4]
+        .iter()
+        .map(|r| r.split_whitespace().nth(6).unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        losses.windows(2).all(|w| w[0] <= w[1]),
+        "not ranked: {losses:?}"
+    );
+    let csv = std::fs::read_to_string(home.join("bots/bakery/search/trials.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+    assert!(
+        csv.starts_with("trial,learning_rate,drop_rate,batch_size"),
+        "{csv}"
+    );
+    // The bot still generates with its own model, fine-tuned from the same base.
+    let store = Store::open(&home.join("aviary.db")).unwrap();
+    let bot = store.bot("bakery").unwrap().unwrap();
+    assert!(bot
+        .active_checkpoint
+        .unwrap()
+        .ends_with("bots/bakery/model"));
+    assert_eq!(bot.base_checkpoint.as_deref(), Some(base.as_str()));
+    let kinds: Vec<String> = store
+        .runs(bot.id)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.kind)
+        .collect();
+    assert_eq!(kinds, ["finetune", "search", "search", "search"]);
+}

@@ -7,6 +7,7 @@ pub mod bots;
 pub mod candidates;
 pub mod config;
 pub mod home;
+pub mod search;
 pub mod training;
 
 use std::path::{Path, PathBuf};

@@ -41,6 +41,8 @@ pub struct TrainOverrides {
     pub num_epochs: Option<u64>,
     /// Step limit.
     pub max_steps: Option<u64>,
+    /// Time limit, seconds of training in all.
+    pub max_seconds: Option<f64>,
     /// Validation interval in steps.
     pub val_every: Option<u64>,
     /// Early-stopping patience.
@@ -67,6 +69,7 @@ impl TrainOverrides {
         set(&mut t.learning_rate, self.learning_rate);
         set(&mut t.num_epochs, self.num_epochs);
         set(&mut t.max_steps, self.max_steps);
+        set(&mut t.max_seconds, self.max_seconds);
         set(&mut t.val_every, self.val_every);
         set(&mut t.patience, self.patience);
     }
@@ -138,6 +141,8 @@ pub struct TrainRequest {
     pub restore: bool,
     /// Start afresh even though `checkpoint_dir` holds a checkpoint (which is deleted).
     pub replace: bool,
+    /// A trial of a hyperparameter search: recorded as such, and a bot's model stays as it is.
+    pub trial: bool,
     /// Flags over the config.
     pub overrides: TrainOverrides,
     /// `cpu`, `cuda`, `cuda:N`, or `None` for the best available.
@@ -175,6 +180,10 @@ pub struct TrainOutcome {
     pub best_val_loss: Option<f64>,
     /// Validation history: (step, training loss, validation loss).
     pub history: Vec<(u64, f64, f64)>,
+    /// Seconds of training in all.
+    pub train_seconds: f64,
+    /// Steps in one epoch.
+    pub steps_per_epoch: u64,
 }
 
 /// Trains (or resumes) a model as `req` says, sending progress to `events`; `cancel` stops
@@ -220,9 +229,10 @@ pub fn train(
             let settings = settings_for(config, req);
             let hyper = serde_json::json!({"model": settings.model, "train": settings.train, "restore": req.restore});
             let dir_text = dir.display().to_string();
-            let kind = match req.init {
-                Init::Scratch => "train",
-                Init::Pretrained(_) => "finetune",
+            let kind = match (&req.init, req.trial) {
+                (_, true) => "search",
+                (Init::Scratch, _) => "train",
+                (Init::Pretrained(_), _) => "finetune",
             };
             // `--from` names the bot's base from now on; else the base it already has.
             let from = match &req.init {
@@ -236,7 +246,7 @@ pub fn train(
                 _ => None,
             };
             let run = source.store_mut().write(|w| {
-                if pretrained.is_some() {
+                if pretrained.is_some() && !req.trial {
                     w.set_base_checkpoint(bot.id, from.as_deref())?;
                 }
                 w.start_run(Some(bot.id), kind, &hyper.to_string(), &dir_text)
@@ -274,7 +284,7 @@ pub fn train(
             };
             source.store_mut().write(|w| {
                 w.finish_run(run, &end)?;
-                if saved {
+                if saved && !req.trial {
                     w.set_active_checkpoint(bot.id, &dir_text)?;
                 }
                 Ok(())
@@ -341,6 +351,8 @@ fn run_trainer(
         steps: trainer.progress().step,
         best_val_loss: trainer.progress().best_val_loss,
         history: trainer.history().to_vec(),
+        train_seconds: trainer.progress().train_seconds,
+        steps_per_epoch: trainer.steps_per_epoch(),
     })
 }
 

@@ -53,6 +53,8 @@ pub enum Command {
     Train(TrainArgs),
     /// Train your own base model on any corpus (see README: the built-in one's recipe).
     Base(BaseArgs),
+    /// Try random training settings within a time budget and rank them (trials.csv).
+    Search(SearchArgs),
     /// Sample candidate tweets from a checkpoint.
     Generate(GenerateArgs),
     /// Measure training and sampling speed (JSON lines, same shape as torch_charlstm.py).
@@ -85,6 +87,9 @@ pub struct TrainArgs {
     /// Stop after this many steps in all.
     #[arg(long)]
     pub max_steps: Option<u64>,
+    /// Stop after this many seconds of training in all.
+    #[arg(long)]
+    pub max_seconds: Option<f64>,
     /// Rows per batch.
     #[arg(long)]
     pub batch_size: Option<usize>,
@@ -146,6 +151,9 @@ pub struct FinetuneArgs {
     /// Stop after this many steps in all.
     #[arg(long)]
     pub max_steps: Option<u64>,
+    /// Stop after this many seconds of training in all.
+    #[arg(long)]
+    pub max_seconds: Option<f64>,
     /// Rows per batch.
     #[arg(long)]
     pub batch_size: Option<usize>,
@@ -174,6 +182,33 @@ pub struct EvalArgs {
     /// Also train a model from scratch on the bot's tweets for as long as its fine-tuning took.
     #[arg(long)]
     pub scratch: bool,
+    /// cpu, cuda or cuda:N.
+    #[arg(long)]
+    pub device: Option<String>,
+}
+
+/// `aviary search`.
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("data").required(true).args(["corpus", "bot"])))]
+pub struct SearchArgs {
+    /// Fine-tuning trials for this bot (learning rate, dropout, batch size).
+    #[arg(long)]
+    pub bot: Option<String>,
+    /// Base-model trials on these files, one tweet per line (sizes too).
+    #[arg(long, num_args = 1..)]
+    pub corpus: Vec<PathBuf>,
+    /// Configurations to try.
+    #[arg(long, default_value_t = 6)]
+    pub trials: usize,
+    /// Seconds of training for all trials together.
+    #[arg(long, default_value_t = 1800.0)]
+    pub budget: f64,
+    /// Seed of the configurations drawn.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Folder for the trials and trials.csv (default for --bot: HOME/bots/NAME/search).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     /// cpu, cuda or cuda:N.
     #[arg(long)]
     pub device: Option<String>,
@@ -273,6 +308,7 @@ pub fn run() -> Result<()> {
         }) => train(&config, home, a),
         Command::Finetune(a) => finetune(&config, home()?, a),
         Command::Eval(a) => eval(&config, home()?, a),
+        Command::Search(a) => search(&config, home, a),
         Command::Generate(a) => generate(&config, home, a),
         Command::Bench(a) => bench(a),
     }
@@ -290,6 +326,7 @@ fn train(config: &Config, home: impl FnOnce() -> Result<Home>, a: TrainArgs) -> 
         clip_norm: a.clip_norm,
         num_epochs: a.num_epochs,
         max_steps: a.max_steps,
+        max_seconds: a.max_seconds,
         val_every: a.val_every,
         patience: a.patience,
         seed: a.seed,
@@ -312,6 +349,7 @@ fn train(config: &Config, home: impl FnOnce() -> Result<Home>, a: TrainArgs) -> 
         checkpoint_dir: a.checkpoint_dir,
         restore: a.restore,
         replace: a.replace,
+        trial: false,
         overrides,
         device: a.device,
     };
@@ -326,6 +364,7 @@ fn finetune(config: &Config, home: Home, a: FinetuneArgs) -> Result<()> {
         learning_rate: a.lr,
         num_epochs: a.epochs,
         max_steps: a.max_steps,
+        max_seconds: a.max_seconds,
         val_every: a.val_every,
         patience: a.patience,
         seed: a.seed,
@@ -342,6 +381,7 @@ fn finetune(config: &Config, home: Home, a: FinetuneArgs) -> Result<()> {
         checkpoint_dir: None,
         restore: a.restore,
         replace: a.replace,
+        trial: false,
         overrides,
         device: a.device,
     };
@@ -382,6 +422,70 @@ fn run_training(config: &Config, req: TrainRequest) -> Result<()> {
         }
         StopReason::Completed => println!("done; best model in {dir}"),
     }
+    Ok(())
+}
+
+/// `aviary search`: trials one after another, then the ranked table.
+fn search(config: &Config, home: impl FnOnce() -> Result<Home>, a: SearchArgs) -> Result<()> {
+    let (data, out) = match a.bot {
+        Some(name) => {
+            let home = home()?;
+            let out = a.out.unwrap_or_else(|| home.bot_dir(&name).join("search"));
+            (TrainData::Bot { home, name }, out)
+        }
+        None => {
+            let out = a.out.ok_or_else(|| {
+                Error::invalid("no folder for the trials", "pass --out DIR with --corpus")
+            })?;
+            (TrainData::Files(a.corpus), out)
+        }
+    };
+    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+    let req = app::search::SearchRequest {
+        data,
+        trials: a.trials,
+        budget_seconds: a.budget,
+        seed: a.seed,
+        out_dir: out.clone(),
+        device: a.device,
+    };
+    let cancel = AtomicBool::new(false);
+    let (tx, rx) = mpsc::channel();
+    let trials = std::thread::scope(|s| {
+        let worker = s.spawn(move || {
+            app::search::search(config, &req, &tx, &cancel, |t| {
+                eprintln!(
+                    "trial {}: lr {:.2e}, dropout {:.2}, batch {} -> val {}",
+                    t.trial,
+                    t.learning_rate,
+                    t.drop_rate,
+                    t.batch_size,
+                    t.val_loss.map_or("-".into(), |v| format!("{v:.4}"))
+                )
+            })
+        });
+        draw_progress(rx);
+        worker.join().expect("the search thread panicked")
+    })?;
+    println!(
+        "{:>4} {:>5} {:>9} {:>7} {:>5} {:>5} {:>9} {:>6} {:>9}",
+        "rank", "trial", "lr", "dropout", "batch", "units", "val loss", "steps", "s/epoch"
+    );
+    for (rank, t) in trials.iter().enumerate() {
+        println!(
+            "{:>4} {:>5} {:>9.2e} {:>7.2} {:>5} {:>5} {:>9} {:>6} {:>9.1}",
+            rank + 1,
+            t.trial,
+            t.learning_rate,
+            t.drop_rate,
+            t.batch_size,
+            t.rnn_size.map_or("base".into(), |u| u.to_string()),
+            t.val_loss.map_or("-".into(), |v| format!("{v:.4}")),
+            t.steps,
+            t.seconds_per_epoch
+        );
+    }
+    println!("written to {}", out.join("trials.csv").display());
     Ok(())
 }
 
