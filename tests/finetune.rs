@@ -6,26 +6,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
 
 use aviary::store::Store;
 
-fn aviary(home: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_aviary"))
-        .args(args)
-        .env("AVIARY_HOME", home)
-        .env("RAYON_NUM_THREADS", "2")
-        .stdin(Stdio::null())
-        .output()
-        .expect("aviary runs")
-}
-
-fn ok(o: Output) -> (String, String) {
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(o.status.success(), "failed:\n{out}\n{err}");
-    (out, err)
-}
+use common::{aviary_at as aviary, ok};
 
 /// An account with a voice of its own, and two characters (ü, €) the base never saw.
 fn account_tweets(n: usize) -> Vec<String> {

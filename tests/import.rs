@@ -3,9 +3,10 @@
 //! bots, the cleaning report checked, re-imports adding nothing, bad input refused with the
 //! file and place named and the database left as it was.
 
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 
 use aviary::app::bots::{self, ImportRequest};
 use aviary::app::Config;
@@ -449,23 +450,11 @@ fn bad_input_is_refused_naming_the_file_and_the_store_is_unchanged() {
     );
 }
 
-fn aviary(home: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_aviary"))
-        .args(args)
-        .env("AVIARY_HOME", home)
-        .env("RAYON_NUM_THREADS", "2")
-        .stdin(Stdio::null())
-        .output()
-        .expect("aviary runs")
-}
+use common::aviary_at as aviary;
 
-fn ok(o: Output) -> String {
-    let (out, err) = (
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr),
-    );
-    assert!(o.status.success(), "failed:\n{out}\n{err}");
-    out.into_owned()
+/// Stdout of a run that must have succeeded.
+fn ok(o: std::process::Output) -> String {
+    common::ok(o).0
 }
 
 #[test]

@@ -75,24 +75,9 @@ pub struct TrainArgs {
     /// HOME/bots/NAME/model).
     #[arg(long)]
     pub checkpoint_dir: Option<PathBuf>,
-    /// Continue the run saved in --checkpoint-dir (same step, optimizer state and data order).
-    #[arg(long)]
-    pub restore: bool,
-    /// Start over, deleting the checkpoint in --checkpoint-dir.
-    #[arg(long, conflicts_with = "restore")]
-    pub replace: bool,
     /// Passes over the corpus.
     #[arg(long)]
     pub num_epochs: Option<u64>,
-    /// Stop after this many steps in all.
-    #[arg(long)]
-    pub max_steps: Option<u64>,
-    /// Stop after this many seconds of training in all.
-    #[arg(long)]
-    pub max_seconds: Option<f64>,
-    /// Rows per batch.
-    #[arg(long)]
-    pub batch_size: Option<usize>,
     /// Characters per row.
     #[arg(long)]
     pub seq_len: Option<usize>,
@@ -105,27 +90,15 @@ pub struct TrainArgs {
     /// Character embedding size.
     #[arg(long)]
     pub embedding_size: Option<usize>,
-    /// Dropout rate.
-    #[arg(long)]
-    pub drop_rate: Option<f32>,
     /// RMSprop learning rate (also on --restore).
     #[arg(long)]
     pub learning_rate: Option<f64>,
     /// Gradient clipping norm.
     #[arg(long)]
     pub clip_norm: Option<f64>,
-    /// Validate every N steps (and at each epoch end).
-    #[arg(long)]
-    pub val_every: Option<u64>,
-    /// Early stopping: validations without improvement before stopping (0: never).
-    #[arg(long)]
-    pub patience: Option<u32>,
-    /// Seed of initial weights, shuffling and dropout.
-    #[arg(long)]
-    pub seed: Option<u64>,
-    /// cpu, cuda or cuda:N (default: CUDA when built with it and a GPU is present).
-    #[arg(long)]
-    pub device: Option<String>,
+    /// The flags every training command takes.
+    #[command(flatten)]
+    pub run: RunFlags,
 }
 
 /// `aviary finetune`.
@@ -142,10 +115,19 @@ pub struct FinetuneArgs {
     /// Learning rate (default: config [finetune]; also on --restore).
     #[arg(long, alias = "learning-rate")]
     pub lr: Option<f64>,
-    /// Continue the fine-tuning saved under the bot.
+    /// The flags every training command takes.
+    #[command(flatten)]
+    pub run: RunFlags,
+}
+
+/// Flags of `aviary train` and `aviary finetune` alike.
+#[derive(Args, Debug)]
+pub struct RunFlags {
+    /// Continue the run saved in the checkpoint directory (same step, optimizer state and
+    /// data order).
     #[arg(long)]
     pub restore: bool,
-    /// Start over, deleting the bot's current model.
+    /// Start over, deleting the checkpoint in the checkpoint directory.
     #[arg(long, conflicts_with = "restore")]
     pub replace: bool,
     /// Stop after this many steps in all.
@@ -166,12 +148,49 @@ pub struct FinetuneArgs {
     /// Early stopping: validations without improvement before stopping (0: never).
     #[arg(long)]
     pub patience: Option<u32>,
-    /// Seed of shuffling and dropout.
+    /// Seed of initial weights, shuffling and dropout.
     #[arg(long)]
     pub seed: Option<u64>,
     /// cpu, cuda or cuda:N (default: CUDA when built with it and a GPU is present).
     #[arg(long)]
     pub device: Option<String>,
+}
+
+impl RunFlags {
+    /// The request these flags make, over `overrides` (the command's own flags).
+    fn request(
+        self,
+        data: TrainData,
+        init: Init,
+        checkpoint_dir: Option<PathBuf>,
+        overrides: TrainOverrides,
+    ) -> TrainRequest {
+        let overrides = TrainOverrides {
+            batch_size: self.batch_size,
+            drop_rate: self.drop_rate,
+            max_steps: self.max_steps,
+            max_seconds: self.max_seconds,
+            val_every: self.val_every,
+            patience: self.patience,
+            seed: self.seed,
+            ..overrides
+        };
+        if self.restore {
+            for flag in overrides.ignored_on_resume() {
+                eprintln!("note: {flag} is ignored with --restore: the checkpoint fixes it");
+            }
+        }
+        TrainRequest {
+            data,
+            init,
+            checkpoint_dir,
+            restore: self.restore,
+            replace: self.replace,
+            trial: false,
+            overrides,
+            device: self.device,
+        }
+    }
 }
 
 /// `aviary eval`.
@@ -316,26 +335,15 @@ pub fn run() -> Result<()> {
 
 fn train(config: &Config, home: impl FnOnce() -> Result<Home>, a: TrainArgs) -> Result<()> {
     let overrides = TrainOverrides {
-        batch_size: a.batch_size,
         seq_len: a.seq_len,
         rnn_size: a.rnn_size,
         num_layers: a.num_layers,
         embedding_size: a.embedding_size,
-        drop_rate: a.drop_rate,
         learning_rate: a.learning_rate,
         clip_norm: a.clip_norm,
         num_epochs: a.num_epochs,
-        max_steps: a.max_steps,
-        max_seconds: a.max_seconds,
-        val_every: a.val_every,
-        patience: a.patience,
-        seed: a.seed,
+        ..TrainOverrides::default()
     };
-    if a.restore {
-        for flag in overrides.ignored_on_resume() {
-            eprintln!("note: {flag} is ignored with --restore: the checkpoint fixes it");
-        }
-    }
     let data = match a.bot {
         Some(name) => TrainData::Bot {
             home: home()?,
@@ -343,48 +351,23 @@ fn train(config: &Config, home: impl FnOnce() -> Result<Home>, a: TrainArgs) -> 
         },
         None => TrainData::Files(a.corpus),
     };
-    let req = TrainRequest {
-        data,
-        init: Init::Scratch,
-        checkpoint_dir: a.checkpoint_dir,
-        restore: a.restore,
-        replace: a.replace,
-        trial: false,
-        overrides,
-        device: a.device,
-    };
+    let req = a
+        .run
+        .request(data, Init::Scratch, a.checkpoint_dir, overrides);
     run_training(config, req)
 }
 
 /// `aviary finetune`.
 fn finetune(config: &Config, home: Home, a: FinetuneArgs) -> Result<()> {
     let overrides = TrainOverrides {
-        batch_size: a.batch_size,
-        drop_rate: a.drop_rate,
         learning_rate: a.lr,
         num_epochs: a.epochs,
-        max_steps: a.max_steps,
-        max_seconds: a.max_seconds,
-        val_every: a.val_every,
-        patience: a.patience,
-        seed: a.seed,
         ..TrainOverrides::default()
     };
-    if a.restore {
-        for flag in overrides.ignored_on_resume() {
-            eprintln!("note: {flag} is ignored with --restore: the checkpoint fixes it");
-        }
-    }
-    let req = TrainRequest {
-        data: TrainData::Bot { home, name: a.bot },
-        init: Init::Pretrained(a.from),
-        checkpoint_dir: None,
-        restore: a.restore,
-        replace: a.replace,
-        trial: false,
-        overrides,
-        device: a.device,
-    };
+    let data = TrainData::Bot { home, name: a.bot };
+    let req = a
+        .run
+        .request(data, Init::Pretrained(a.from), None, overrides);
     run_training(config, req)
 }
 

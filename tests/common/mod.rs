@@ -81,3 +81,22 @@ pub fn children_peak_rss_mib() -> f64 {
     assert_eq!(rc, 0, "getrusage failed");
     usage.ru_maxrss as f64 / 1024.0 // kilobytes on Linux
 }
+
+/// Runs the aviary binary with `home` as its home (no terminal on stdin).
+pub fn aviary_at(home: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_aviary"))
+        .args(args)
+        .env("AVIARY_HOME", home)
+        .env("RAYON_NUM_THREADS", "2")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("aviary runs")
+}
+
+/// Stdout and stderr of a run that must have succeeded.
+pub fn ok(o: std::process::Output) -> (String, String) {
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "failed:\n{out}\n{err}");
+    (out, err)
+}
