@@ -316,3 +316,43 @@ fn search_ranks_its_trials_and_leaves_the_bots_model_alone() {
         .collect();
     assert_eq!(kinds, ["finetune", "search", "search", "search"]);
 }
+
+#[test]
+fn a_base_model_continues_from_its_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (home, base) = setup(tmp.path());
+    let card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(Path::new(&base).join("card.json")).unwrap())
+            .unwrap();
+    let best = card["training"]["progress"]["best_val_loss"]
+        .as_f64()
+        .unwrap();
+    let general = tmp.path().join("general.txt");
+    let more = tmp.path().join("base-more");
+    let mut args = vec![
+        "base",
+        "train",
+        "--corpus",
+        general.to_str().unwrap(),
+        "--from",
+        &base,
+        "--checkpoint-dir",
+        more.to_str().unwrap(),
+        "--max-steps",
+        "1",
+        "--val-every",
+        "1",
+    ];
+    args.extend(&TINY[4..]); // batch and sequence sizes; the shape comes from the base
+    let (_, err) = ok(aviary(&home, &args));
+    let first: f64 = err
+        .lines()
+        .find_map(|l| l.split("validation loss ").nth(1))
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no validation:\n{err}"));
+    // One step on from the base, not from random weights (about ln(vocab) = 3.6 nats).
+    assert!(
+        (first - best).abs() < 0.3,
+        "first {first} vs base {best}:\n{err}"
+    );
+}

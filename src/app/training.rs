@@ -122,9 +122,10 @@ pub enum Init {
     /// Fresh random weights; the vocabulary from the corpus.
     #[default]
     Scratch,
-    /// Fine-tuning: a trained model's weights and vocabulary, from this checkpoint directory,
-    /// or (`None`) the bot's base checkpoint, else the built-in base model. The config's
-    /// `[finetune]` settings replace the matching `[train]` ones.
+    /// A trained model's weights and vocabulary, from this checkpoint directory, or (`None`)
+    /// the bot's base checkpoint, else the built-in base model. Fine-tuning a bot this way
+    /// takes the config's `[finetune]` settings over the matching `[train]` ones; training on
+    /// files this way continues a (base) model with fresh optimizer state.
     Pretrained(Option<PathBuf>),
 }
 
@@ -294,11 +295,11 @@ pub fn train(
     }
 }
 
-/// The config a new run of `req` trains with: `[train]`, then `[finetune]` when fine-tuning,
-/// then the request's overrides.
+/// The config a new run of `req` trains with: `[train]`, then `[finetune]` when fine-tuning
+/// a bot, then the request's overrides.
 fn settings_for(config: &Config, req: &TrainRequest) -> Config {
     let mut settings = config.clone();
-    if let Init::Pretrained(_) = req.init {
+    if let (Init::Pretrained(_), TrainData::Bot { .. }) = (&req.init, &req.data) {
         config.finetune.apply(&mut settings);
     }
     req.overrides.apply(&mut settings);

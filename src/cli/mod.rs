@@ -75,6 +75,9 @@ pub struct TrainArgs {
     /// HOME/bots/NAME/model).
     #[arg(long)]
     pub checkpoint_dir: Option<PathBuf>,
+    /// Start from this checkpoint's weights and vocabulary (e.g. to train a base model on).
+    #[arg(long, conflicts_with = "restore")]
+    pub from: Option<PathBuf>,
     /// Passes over the corpus.
     #[arg(long)]
     pub num_epochs: Option<u64>,
@@ -351,9 +354,11 @@ fn train(config: &Config, home: impl FnOnce() -> Result<Home>, a: TrainArgs) -> 
         },
         None => TrainData::Files(a.corpus),
     };
-    let req = a
-        .run
-        .request(data, Init::Scratch, a.checkpoint_dir, overrides);
+    let init = match a.from {
+        Some(dir) => Init::Pretrained(Some(dir)),
+        None => Init::Scratch,
+    };
+    let req = a.run.request(data, init, a.checkpoint_dir, overrides);
     run_training(config, req)
 }
 
