@@ -245,6 +245,52 @@ fn candidates_are_stored_new_and_never_copies() {
     }
     drop(store);
 
+    // Review: approve, reject and edit, all kept in the store.
+    let ids: Vec<String> = lines.iter().map(|l| l.0.to_string()).collect();
+    assert!(ids.len() >= 3, "too few candidates to review: {out}");
+    ok(aviary(
+        &home,
+        &["candidates", "bakery", "--approve", &ids[0]],
+    ));
+    ok(aviary(
+        &home,
+        &["candidates", "bakery", "--reject", &ids[1]],
+    ));
+    ok(aviary(
+        &home,
+        &[
+            "candidates",
+            "bakery",
+            "--edit",
+            &ids[2],
+            "Fresh rye bread, said the bot",
+        ],
+    ));
+    let long = "x".repeat(281);
+    let o = aviary(&home, &["candidates", "bakery", "--edit", &ids[2], &long]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("1 to 280 characters"));
+    let o = aviary(&home, &["candidates", "bakery", "--approve", "999999"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no candidate 999999"));
+    let (approved, _) = ok(aviary(
+        &home,
+        &["candidates", "bakery", "--status", "approved"],
+    ));
+    assert_eq!(approved.lines().count(), 1, "{approved}");
+    assert!(
+        approved.starts_with(&format!("{}\tapproved", ids[0])),
+        "{approved}"
+    );
+    let (edited, _) = ok(aviary(
+        &home,
+        &["candidates", "bakery", "--status", "edited"],
+    ));
+    assert!(
+        edited
+            .trim_end()
+            .ends_with("\tFresh rye bread, said the bot"),
+        "{edited}"
+    );
+
     // A model this small has learned the account by heart: at temperature 0 it only
     // reproduces training tweets, and every one is dropped as a copy.
     let (out, err) = ok(aviary(

@@ -100,8 +100,16 @@ pub fn show_bot(store: &Store, name: &str) -> Result<BotDetails> {
     let imports = store
         .imports(bot.id)?
         .into_iter()
-        .map(|(at, json)| (at, serde_json::from_str(&json).unwrap_or_default()))
-        .collect();
+        .map(|(at, json)| {
+            let report = serde_json::from_str(&json).map_err(|e| {
+                Error::invalid(
+                    format!("the report of the import of {at} is unreadable: {e}"),
+                    "the database may be damaged; its tweets are unaffected",
+                )
+            })?;
+            Ok((at, report))
+        })
+        .collect::<Result<_>>()?;
     Ok(BotDetails {
         counts: store.tweet_counts(bot.id)?,
         policy: policy_of(&bot)?,

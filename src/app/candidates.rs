@@ -12,9 +12,10 @@ use super::bots::find_bot;
 use super::{base_checkpoint, Config, GenerateRequest};
 use crate::generate::{self, NoveltyIndex, Rejection};
 use crate::model::{Checkpoint, StepWeights};
+use crate::store::CandidateRow;
 use crate::store::Store;
 use crate::train::mix;
-use crate::Result;
+use crate::{Error, Result};
 
 /// A stored candidate.
 #[derive(Clone, Debug, PartialEq)]
@@ -103,14 +104,13 @@ pub fn generate_for_bot(
             if kept.len() == req.n {
                 break;
             }
-            let verdict = index.judge(&text, &config.novelty).and_then(|novelty| {
+            let mut verdict = index.judge(&text, &config.novelty);
+            if verdict.is_ok() {
                 let t = text.trim();
-                if !seen.insert(t.to_string()) || store.is_known_text(bot.id, t).unwrap_or(false) {
-                    Err(Rejection::Repeat)
-                } else {
-                    Ok(novelty)
+                if !seen.insert(t.to_string()) || store.is_known_text(bot.id, t)? {
+                    verdict = Err(Rejection::Repeat);
                 }
-            });
+            }
             match verdict {
                 Ok(novelty) => kept.push((text.trim().to_string(), novelty)),
                 Err(r) => *rejected.entry(r).or_default() += 1,
@@ -141,5 +141,60 @@ pub fn generate_for_bot(
         rejected,
         seed,
         checkpoint: label,
+    })
+}
+
+/// What a reviewer does with a candidate.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Review {
+    /// Good to post as it is.
+    Approve,
+    /// Not to be posted.
+    Reject,
+    /// Good to post with this text instead (at most 280 characters).
+    Edit(String),
+    /// Back to unreviewed.
+    Reset,
+}
+
+/// The candidates of bot `bot`, oldest first; only those with `status` when given.
+pub fn list(store: &Store, bot: &str, status: Option<&str>) -> Result<Vec<CandidateRow>> {
+    let bot = find_bot(store, bot)?;
+    let mut rows = store.candidates(bot.id)?;
+    if let Some(s) = status {
+        rows.retain(|c| c.status == s);
+    }
+    Ok(rows)
+}
+
+/// Applies `review` to candidates `ids` of bot `bot`, all or none.
+pub fn review(store: &mut Store, bot: &str, ids: &[i64], review: &Review) -> Result<()> {
+    let bot = find_bot(store, bot)?;
+    let (status, text) = match review {
+        Review::Approve => ("approved", None),
+        Review::Reject => ("rejected", None),
+        Review::Reset => ("new", None),
+        Review::Edit(t) => {
+            let t = t.trim();
+            let n = t.chars().count();
+            if n == 0 || n > generate::MAX_TWEET_CHARS {
+                return Err(Error::invalid(
+                    format!("an edited tweet must have 1 to 280 characters, not {n}"),
+                    "shorten the text",
+                ));
+            }
+            ("edited", Some(t))
+        }
+    };
+    store.write(|w| {
+        for id in ids {
+            if !w.set_candidate_status(bot.id, *id, status, text)? {
+                return Err(Error::invalid(
+                    format!("bot `{}` has no candidate {id}", bot.name),
+                    format!("list them with `aviary candidates {}`", bot.name),
+                ));
+            }
+        }
+        Ok(())
     })
 }

@@ -398,11 +398,20 @@ pub struct EvalRow {
 }
 
 /// The training record in a checkpoint's card, if it has one.
-fn training_record(ck: &Checkpoint) -> Option<crate::train::TrainingRecord> {
+fn training_record(ck: &Checkpoint) -> Result<Option<crate::train::TrainingRecord>> {
     ck.card
         .training
         .as_ref()
-        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .map(|v| {
+            serde_json::from_value(v.clone()).map_err(|e| {
+                Error::checkpoint(
+                    ck.dir.join(crate::model::checkpoint::CARD_FILE),
+                    format!("training record unreadable ({e})"),
+                    "fine-tune the bot again with --replace",
+                )
+            })
+        })
+        .transpose()
 }
 
 /// Evaluates bot `name`'s model and the base model on the bot's held-out tweets (the split
@@ -427,7 +436,7 @@ pub fn eval(
         ));
     };
     let mine = Checkpoint::load(Path::new(active), &device)?;
-    let record = training_record(&mine);
+    let record = training_record(&mine)?;
     let val_fraction = record
         .as_ref()
         .map_or(config.train.val_fraction, |r| r.config.val_fraction);

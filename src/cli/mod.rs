@@ -55,6 +55,8 @@ pub enum Command {
     Base(BaseArgs),
     /// Try random training settings within a time budget and rank them (trials.csv).
     Search(SearchArgs),
+    /// List a bot's candidate tweets, or review them: approve, reject, edit.
+    Candidates(CandidatesArgs),
     /// Sample candidate tweets from a checkpoint.
     Generate(GenerateArgs),
     /// Measure training and sampling speed (JSON lines, same shape as torch_charlstm.py).
@@ -209,6 +211,28 @@ pub struct EvalArgs {
     pub device: Option<String>,
 }
 
+/// `aviary candidates`.
+#[derive(Args, Debug)]
+pub struct CandidatesArgs {
+    /// The bot.
+    pub bot: String,
+    /// Only candidates with this status: new, approved, rejected, edited.
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Approve these candidates (ids as listed).
+    #[arg(long, num_args = 1.., conflicts_with_all = ["reject", "edit", "reset"])]
+    pub approve: Vec<i64>,
+    /// Reject these candidates.
+    #[arg(long, num_args = 1.., conflicts_with_all = ["edit", "reset"])]
+    pub reject: Vec<i64>,
+    /// Replace candidate ID's text: --edit ID TEXT.
+    #[arg(long, num_args = 2, value_names = ["ID", "TEXT"], conflicts_with = "reset")]
+    pub edit: Vec<String>,
+    /// Mark these candidates unreviewed again.
+    #[arg(long, num_args = 1..)]
+    pub reset: Vec<i64>,
+}
+
 /// `aviary search`.
 #[derive(Args, Debug)]
 #[command(group(clap::ArgGroup::new("data").required(true).args(["corpus", "bot"])))]
@@ -331,6 +355,7 @@ pub fn run() -> Result<()> {
         Command::Finetune(a) => finetune(&config, home()?, a),
         Command::Eval(a) => eval(&config, home()?, a),
         Command::Search(a) => search(&config, home, a),
+        Command::Candidates(a) => candidates(&home()?, a),
         Command::Generate(a) => generate(&config, home, a),
         Command::Bench(a) => bench(a),
     }
@@ -409,6 +434,45 @@ fn run_training(config: &Config, req: TrainRequest) -> Result<()> {
             println!("stopped early (validation loss no longer improving); best model in {dir}")
         }
         StopReason::Completed => println!("done; best model in {dir}"),
+    }
+    Ok(())
+}
+
+/// `aviary candidates`: review, then list.
+fn candidates(home: &Home, a: CandidatesArgs) -> Result<()> {
+    use app::candidates::{list, review, Review};
+    let mut store = home.open_store()?;
+    let action = if !a.approve.is_empty() {
+        Some((a.approve.clone(), Review::Approve))
+    } else if !a.reject.is_empty() {
+        Some((a.reject.clone(), Review::Reject))
+    } else if !a.reset.is_empty() {
+        Some((a.reset.clone(), Review::Reset))
+    } else if let [id, text] = a.edit.as_slice() {
+        let id = id.parse().map_err(|_| {
+            Error::invalid(
+                format!("`{id}` is not a candidate id"),
+                "use --edit ID TEXT",
+            )
+        })?;
+        Some((vec![id], Review::Edit(text.clone())))
+    } else {
+        None
+    };
+    if let Some((ids, r)) = action {
+        review(&mut store, &a.bot, &ids, &r)?;
+        let done = match r {
+            Review::Approve => "approved",
+            Review::Reject => "rejected",
+            Review::Edit(_) => "edited",
+            Review::Reset => "unreviewed",
+        };
+        eprintln!("{} candidate(s) of {} {done}", ids.len(), a.bot);
+    }
+    for c in list(&store, &a.bot, a.status.as_deref())? {
+        let text = c.edited_text.as_deref().unwrap_or(&c.text);
+        let novelty = c.novelty.map_or("-".into(), |n| format!("{n:.2}"));
+        println!("{}\t{}\t{novelty}\t{text}", c.id, c.status);
     }
     Ok(())
 }

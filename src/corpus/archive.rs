@@ -36,7 +36,10 @@ pub fn read(path: &Path, sink: &mut TweetSink) -> Result<SourceInfo> {
     } else {
         vec![path.to_path_buf()]
     };
-    let handle = path.parent().and_then(|d| read_handle_in(d).ok().flatten());
+    let handle = match path.parent() {
+        Some(d) => read_handle_in(d)?,
+        None => None,
+    };
     read_files(&files, handle, sink, path)
 }
 

@@ -604,6 +604,25 @@ impl Writer<'_> {
         Ok(self.tx.last_insert_rowid())
     }
 
+    /// Sets a candidate's status (and its edited text, for `edited`); false when `bot` has
+    /// no candidate `id`.
+    pub fn set_candidate_status(
+        &self,
+        bot: BotId,
+        id: i64,
+        status: &str,
+        edited_text: Option<&str>,
+    ) -> Result<bool> {
+        let n = self
+            .tx
+            .prepare_cached(
+                "UPDATE candidates SET status = ?3, edited_text = coalesce(?4, edited_text)
+                 WHERE id = ?1 AND bot_id = ?2",
+            )?
+            .execute(params![id, bot, status, edited_text])?;
+        Ok(n == 1)
+    }
+
     /// Records a training run that is starting.
     pub fn start_run(
         &self,
