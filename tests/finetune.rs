@@ -291,8 +291,7 @@ fn candidates_are_stored_new_and_never_copies() {
         "{edited}"
     );
 
-    // A model this small has learned the account by heart: at temperature 0 it only
-    // reproduces training tweets, and every one is dropped as a copy.
+    // Greedy sampling (temperature 0).
     let (out, err) = ok(aviary(
         &home,
         &[
@@ -305,7 +304,10 @@ fn candidates_are_stored_new_and_never_copies() {
             "0",
         ],
     ));
-    assert!(err.contains("copy"), "{err}");
+    // Greedy sampling gives every stream the same text: one is kept (unless it copies a
+    // training tweet or is already a candidate), the others are repeats.
+    assert!(err.contains("repeat"), "{err}");
+    assert!(out.lines().count() <= 1, "{out}");
     for l in out.lines() {
         let text = l.splitn(3, '\t').nth(2).unwrap();
         assert!(!training.contains(&text.to_string()), "{text}");

@@ -30,8 +30,9 @@ pub struct Config {
     pub novelty: NoveltyConfig,
 }
 
-/// The training settings fine-tuning uses instead of `[train]`'s: the base model's weights
-/// are a good start, so smaller steps, and a bot's few thousand tweets make short epochs.
+/// The training settings fine-tuning uses instead of `[train]`'s: a bot's few thousand tweets
+/// make short epochs, so validation at each epoch's end and a patience and threshold fit for
+/// small gains (the README gives the figures behind each value).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FinetuneConfig {
@@ -54,8 +55,8 @@ pub struct FinetuneConfig {
 impl Default for FinetuneConfig {
     fn default() -> Self {
         FinetuneConfig {
-            learning_rate: 5e-4,
-            batch_size: 64,
+            learning_rate: 1e-3,
+            batch_size: 128,
             num_epochs: 20,
             val_every: 0,
             patience: 2,
