@@ -119,6 +119,15 @@ fn finetuning_beats_the_base_and_says_what_it_cannot_read() {
     );
     let (show, _) = ok(aviary(&home, &["bot", "show", "bakery"]));
     assert!(show.contains("finetune finished"), "{show}");
+    let card: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(home.join("bots/bakery/model/card.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        card["training"]["init_from"],
+        base.as_str(),
+        "the card says where it started"
+    );
 
     let (table, _) = ok(aviary(&home, &["eval", "bakery", "--scratch"]));
     let rows: Vec<&str> = table

@@ -42,6 +42,9 @@ pub struct Card {
     /// loss, the resume-state file. Opaque to the model.
     #[serde(default)]
     pub training: Option<serde_json::Value>,
+    /// Free text from whoever made the checkpoint (corpus, hardware, wall time...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notes: Option<String>,
 }
 
 impl Card {
@@ -54,6 +57,7 @@ impl Card {
             model,
             vocab,
             training: None,
+            notes: None,
         }
     }
 }

@@ -145,6 +145,9 @@ pub struct TrainingRecord {
     pub state_file: String,
     /// Validation history: (step, training loss, validation loss).
     pub history: Vec<(u64, f64, f64)>,
+    /// The checkpoint the weights started from, when not from scratch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<String>,
 }
 
 /// Progress of a run, sent on a channel: the CLI draws it with indicatif, the TUI with its
@@ -224,6 +227,7 @@ pub struct Trainer<'a> {
     progress: Progress,
     history: Vec<(u64, f64, f64)>,
     val_set: Vec<Batch>,
+    init_from: Option<String>,
 }
 
 impl<'a> Trainer<'a> {
@@ -272,7 +276,7 @@ impl<'a> Trainer<'a> {
             .iter()
             .map(|(k, t)| Ok((k.clone(), t.to_device(&device)?)))
             .collect::<Result<HashMap<_, _>>>()?;
-        Trainer::build(
+        let mut t = Trainer::build(
             source,
             dir,
             model_config,
@@ -282,7 +286,9 @@ impl<'a> Trainer<'a> {
             weights,
             None,
             device,
-        )
+        )?;
+        t.init_from = Some(pretrained.dir.display().to_string());
+        Ok(t)
     }
 
     /// Characters of the corpus outside the vocabulary: (distinct, occurrences).
@@ -353,6 +359,7 @@ impl<'a> Trainer<'a> {
             );
         }
         let history = record.history.clone();
+        let init_from = record.init_from.clone();
         let mut t = Trainer::build(
             source,
             dir,
@@ -366,6 +373,7 @@ impl<'a> Trainer<'a> {
         )?;
         t.learner.opt.load_state(&state, &state_path)?;
         t.history = history;
+        t.init_from = init_from;
         Ok(t)
     }
 
@@ -427,6 +435,7 @@ impl<'a> Trainer<'a> {
             progress: progress.unwrap_or_default(),
             history: Vec::new(),
             val_set,
+            init_from: None,
         })
     }
 
@@ -522,6 +531,7 @@ impl<'a> Trainer<'a> {
             progress: self.progress.clone(),
             state_file: STATE_FILE.to_string(),
             history: self.history.clone(),
+            init_from: self.init_from.clone(),
         };
         card.training = Some(serde_json::to_value(record).expect("a record always serialises"));
         card
