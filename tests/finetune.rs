@@ -465,3 +465,37 @@ fn the_novelty_filter_on_real_accounts() {
         );
     }
 }
+
+#[test]
+fn eval_on_a_corpus_compares_checkpoints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (home, base) = setup(tmp.path());
+    let general = tmp.path().join("general.txt");
+    let (table, _) = ok(aviary(
+        &home,
+        &[
+            "eval",
+            "--corpus",
+            general.to_str().unwrap(),
+            "--checkpoint",
+            &base,
+        ],
+    ));
+    let rows: Vec<&str> = table.lines().collect();
+    assert_eq!(rows.len(), 3, "header, built-in, base:\n{table}");
+    // The small base was trained on this corpus; the built-in one on real tweets.
+    assert!(
+        eval_loss(&table, "base") < eval_loss(&table, "built-in") - 0.5,
+        "{table}"
+    );
+    let card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(Path::new(&base).join("card.json")).unwrap())
+            .unwrap();
+    let best = card["training"]["progress"]["best_val_loss"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (eval_loss(&table, "base") - best).abs() < 0.15,
+        "{table} vs {best}"
+    );
+}

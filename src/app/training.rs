@@ -493,3 +493,43 @@ pub fn eval(
     }
     Ok(rows)
 }
+
+/// Evaluates the built-in base model and each checkpoint in `checkpoints` on the held-out
+/// split of `files` (one tweet per line; the split of `[train] val_fraction`).
+pub fn eval_corpus(
+    config: &Config,
+    files: &[PathBuf],
+    checkpoints: &[PathBuf],
+    device: Option<&str>,
+) -> Result<Vec<EvalRow>> {
+    let device = pick_device(device)?;
+    let source = Corpus(PlainTextFiles::open(files)?);
+    let mut models = vec![("built-in".to_string(), super::base_checkpoint(&device)?)];
+    for dir in checkpoints {
+        let name = dir
+            .file_name()
+            .map_or("checkpoint".into(), |n| n.to_string_lossy().into_owned());
+        models.push((name, Checkpoint::load(dir, &device)?));
+    }
+    models
+        .into_iter()
+        .map(|(name, ck)| {
+            let (val_loss, chars) = crate::train::evaluate(
+                &ck.model(&device)?,
+                &ck.card.vocab,
+                &source,
+                config.train.val_fraction,
+                config.train.seq_len,
+                &device,
+            )?;
+            Ok(EvalRow {
+                model: name,
+                checkpoint: ck.dir.display().to_string(),
+                val_loss,
+                chars,
+                vocab: ck.card.vocab.len(),
+                train_seconds: training_record(&ck)?.map_or(0.0, |r| r.progress.train_seconds),
+            })
+        })
+        .collect()
+}

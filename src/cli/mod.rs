@@ -200,9 +200,16 @@ impl RunFlags {
 
 /// `aviary eval`.
 #[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["bot", "corpus"])))]
 pub struct EvalArgs {
     /// The bot.
-    pub bot: String,
+    pub bot: Option<String>,
+    /// Instead of a bot: the held-out split of these files (one tweet per line)...
+    #[arg(long, num_args = 1.., conflicts_with_all = ["bot", "scratch"])]
+    pub corpus: Vec<PathBuf>,
+    /// ... for these checkpoints, and the built-in base model.
+    #[arg(long, num_args = 1.., requires = "corpus")]
+    pub checkpoint: Vec<PathBuf>,
     /// Also train a model from scratch on the bot's tweets for as long as its fine-tuning took.
     #[arg(long)]
     pub scratch: bool,
@@ -353,7 +360,7 @@ pub fn run() -> Result<()> {
             command: BaseCommand::Train(a),
         }) => train(&config, home, a),
         Command::Finetune(a) => finetune(&config, home()?, a),
-        Command::Eval(a) => eval(&config, home()?, a),
+        Command::Eval(a) => eval(&config, home, a),
         Command::Search(a) => search(&config, home, a),
         Command::Candidates(a) => candidates(&home()?, a),
         Command::Generate(a) => generate(&config, home, a),
@@ -542,7 +549,13 @@ fn search(config: &Config, home: impl FnOnce() -> Result<Home>, a: SearchArgs) -
 }
 
 /// `aviary eval`: the table of held-out losses.
-fn eval(config: &Config, home: Home, a: EvalArgs) -> Result<()> {
+fn eval(config: &Config, home: impl FnOnce() -> Result<Home>, a: EvalArgs) -> Result<()> {
+    let Some(bot) = a.bot else {
+        let rows =
+            app::training::eval_corpus(config, &a.corpus, &a.checkpoint, a.device.as_deref())?;
+        return print_eval(&rows);
+    };
+    let home = home()?;
     let cancel = AtomicBool::new(false);
     let (tx, rx) = mpsc::channel();
     let rows = std::thread::scope(|s| {
@@ -550,7 +563,7 @@ fn eval(config: &Config, home: Home, a: EvalArgs) -> Result<()> {
             app::eval(
                 config,
                 &home,
-                &a.bot,
+                &bot,
                 a.scratch,
                 a.device.as_deref(),
                 &tx,
@@ -560,6 +573,11 @@ fn eval(config: &Config, home: Home, a: EvalArgs) -> Result<()> {
         draw_progress(rx);
         worker.join().expect("the evaluation thread panicked")
     })?;
+    print_eval(&rows)
+}
+
+/// The table of `aviary eval`.
+fn print_eval(rows: &[app::EvalRow]) -> Result<()> {
     println!(
         "{:<14} {:>9} {:>6} {:>10} {:>9}  checkpoint",
         "model", "val loss", "vocab", "chars", "trained"
