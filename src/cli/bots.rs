@@ -109,8 +109,7 @@ pub fn bot(config: &Config, home: &Home, a: BotArgs) -> Result<()> {
         }
         BotCommand::Show { name } => show(&bots::show_bot(&store, &name)?),
         BotCommand::Remove { name, yes } => {
-            let bot = bots::find_bot(&store, &name)?;
-            let counts = store.tweet_counts(bot.id)?;
+            let counts = bots::show_bot(&store, &name)?.counts;
             let dir = home.bot_dir(&name);
             if !yes {
                 let q = format!(
