@@ -102,16 +102,6 @@ impl NoveltyIndex {
         }
     }
 
-    /// Distinct n-grams held.
-    pub fn len(&self) -> usize {
-        self.grams.len()
-    }
-
-    /// True when no tweet was long enough to give an n-gram.
-    pub fn is_empty(&self) -> bool {
-        self.grams.is_empty()
-    }
-
     /// The largest share of `text`'s characters inside n-grams it shares with one training
     /// tweet (0 for text shorter than n).
     pub fn overlap(&self, text: &str) -> f64 {

@@ -8,7 +8,7 @@
 
 mod migrations;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -195,7 +195,6 @@ pub struct RunEnd {
 /// The open database.
 pub struct Store {
     conn: Connection,
-    path: PathBuf,
     now: fn() -> DateTime<Utc>,
 }
 
@@ -238,7 +237,6 @@ impl Store {
         let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         let mut store = Store {
             conn,
-            path: path.to_path_buf(),
             now: Utc::now,
         };
         store.migrate(version as usize)?;
@@ -259,11 +257,6 @@ impl Store {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION as i64)?;
         tx.commit()?;
         Ok(())
-    }
-
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Replaces the clock used for timestamps (tests).
