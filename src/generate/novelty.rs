@@ -62,10 +62,12 @@ impl Rejection {
     }
 }
 
-/// The n-grams of a bot's training tweets, each with the tweets that hold it.
+/// The n-grams of a bot's training tweets, each with the tweets that hold it. Most n-grams
+/// occur in one tweet only: those cost one map entry, and only shared ones get a list.
 pub struct NoveltyIndex {
     n: usize,
-    grams: HashMap<u64, Vec<u32>>,
+    first: HashMap<u64, u32>,
+    more: HashMap<u64, Vec<u32>>,
     tweets: u32,
 }
 
@@ -74,7 +76,8 @@ impl NoveltyIndex {
     pub fn new(n: usize) -> Self {
         NoveltyIndex {
             n: n.max(1),
-            grams: HashMap::new(),
+            first: HashMap::new(),
+            more: HashMap::new(),
             tweets: 0,
         }
     }
@@ -92,12 +95,13 @@ impl NoveltyIndex {
         self.tweets += 1;
         let b = boundaries(tweet);
         for w in b.windows(self.n + 1) {
-            let holders = self
-                .grams
-                .entry(hash(&tweet.as_bytes()[w[0]..w[self.n]]))
-                .or_default();
-            if holders.last() != Some(&id) {
-                holders.push(id);
+            let gram = hash(&tweet.as_bytes()[w[0]..w[self.n]]);
+            let first = *self.first.entry(gram).or_insert(id);
+            if first != id {
+                let more = self.more.entry(gram).or_default();
+                if more.last() != Some(&id) {
+                    more.push(id);
+                }
             }
         }
     }
@@ -113,11 +117,14 @@ impl NoveltyIndex {
         // Per training tweet sharing an n-gram: which of the candidate's characters it covers.
         let mut covered: HashMap<u32, Vec<bool>> = HashMap::new();
         for (i, w) in b.windows(self.n + 1).enumerate() {
-            if let Some(holders) = self.grams.get(&hash(&text.as_bytes()[w[0]..w[self.n]])) {
-                for id in holders {
-                    let c = covered.entry(*id).or_insert_with(|| vec![false; chars]);
-                    c[i..i + self.n].iter_mut().for_each(|x| *x = true);
-                }
+            let gram = hash(&text.as_bytes()[w[0]..w[self.n]]);
+            let Some(first) = self.first.get(&gram) else {
+                continue;
+            };
+            let more = self.more.get(&gram).map_or(&[][..], Vec::as_slice);
+            for id in std::iter::once(first).chain(more) {
+                let c = covered.entry(*id).or_insert_with(|| vec![false; chars]);
+                c[i..i + self.n].iter_mut().for_each(|x| *x = true);
             }
         }
         let most = covered
