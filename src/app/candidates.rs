@@ -10,7 +10,7 @@ use candle_core::Device;
 
 use super::bots::find_bot;
 use super::{base_checkpoint, Config, GenerateRequest};
-use crate::generate::{self, NoveltyIndex, Rejection};
+use crate::generate::{self, NoveltyIndexBuilder, Rejection};
 use crate::model::{Checkpoint, StepWeights};
 use crate::store::CandidateRow;
 use crate::store::Store;
@@ -70,14 +70,15 @@ pub fn generate_for_bot(
     };
     let weights = StepWeights::from_model(&ck.model(&Device::Cpu)?)?;
 
-    let mut index = NoveltyIndex::new(config.novelty.ngram);
+    let mut builder = NoveltyIndexBuilder::new(config.novelty.ngram);
     let mut after = 0;
     loop {
         let page = store.kept_tweets(bot.id, after, 4096)?;
         let Some((last, _)) = page.last() else { break };
         after = *last;
-        page.iter().for_each(|(_, t)| index.add(t));
+        page.iter().for_each(|(_, t)| builder.add(t));
     }
+    let index = builder.build();
 
     let seed = req.seed.unwrap_or_else(rand::random);
     let mut seen = HashSet::new();

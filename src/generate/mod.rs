@@ -4,7 +4,7 @@
 
 pub mod novelty;
 
-pub use novelty::{NoveltyConfig, NoveltyIndex, Rejection};
+pub use novelty::{NoveltyConfig, NoveltyIndex, NoveltyIndexBuilder, Rejection};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

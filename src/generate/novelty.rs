@@ -62,31 +62,28 @@ impl Rejection {
     }
 }
 
-/// The n-grams of a bot's training tweets, each with the tweets that hold it. Most n-grams
-/// occur in one tweet only: those cost one map entry, and only shared ones get a list.
+/// The n-grams of a bot's training tweets, each with the tweets that hold it: one sorted
+/// array of (n-gram hash, tweet) pairs, 16 bytes a window, searched by bisection.
 pub struct NoveltyIndex {
     n: usize,
-    first: HashMap<u64, u32>,
-    more: HashMap<u64, Vec<u32>>,
+    pairs: Vec<(u64, u32)>,
+}
+
+/// Collects training tweets for a [`NoveltyIndex`].
+pub struct NoveltyIndexBuilder {
+    n: usize,
+    pairs: Vec<(u64, u32)>,
     tweets: u32,
 }
 
-impl NoveltyIndex {
+impl NoveltyIndexBuilder {
     /// An empty index of `n`-character windows.
     pub fn new(n: usize) -> Self {
-        NoveltyIndex {
+        NoveltyIndexBuilder {
             n: n.max(1),
-            first: HashMap::new(),
-            more: HashMap::new(),
+            pairs: Vec::new(),
             tweets: 0,
         }
-    }
-
-    /// Indexes every `n`-character window of every tweet.
-    pub fn build<'a>(tweets: impl IntoIterator<Item = &'a str>, n: usize) -> Self {
-        let mut index = NoveltyIndex::new(n);
-        tweets.into_iter().for_each(|t| index.add(t));
-        index
     }
 
     /// Adds the windows of one training tweet.
@@ -95,15 +92,36 @@ impl NoveltyIndex {
         self.tweets += 1;
         let b = boundaries(tweet);
         for w in b.windows(self.n + 1) {
-            let gram = hash(&tweet.as_bytes()[w[0]..w[self.n]]);
-            let first = *self.first.entry(gram).or_insert(id);
-            if first != id {
-                let more = self.more.entry(gram).or_default();
-                if more.last() != Some(&id) {
-                    more.push(id);
-                }
-            }
+            self.pairs
+                .push((hash(&tweet.as_bytes()[w[0]..w[self.n]]), id));
         }
+    }
+
+    /// The index, ready for queries.
+    pub fn build(mut self) -> NoveltyIndex {
+        self.pairs.sort_unstable();
+        self.pairs.dedup();
+        self.pairs.shrink_to_fit();
+        NoveltyIndex {
+            n: self.n,
+            pairs: self.pairs,
+        }
+    }
+}
+
+impl NoveltyIndex {
+    /// Indexes every `n`-character window of every tweet.
+    pub fn build<'a>(tweets: impl IntoIterator<Item = &'a str>, n: usize) -> Self {
+        let mut builder = NoveltyIndexBuilder::new(n);
+        tweets.into_iter().for_each(|t| builder.add(t));
+        builder.build()
+    }
+
+    /// The pairs of the tweets holding n-gram `gram`.
+    fn holders(&self, gram: u64) -> &[(u64, u32)] {
+        let lo = self.pairs.partition_point(|p| p.0 < gram);
+        let len = self.pairs[lo..].partition_point(|p| p.0 == gram);
+        &self.pairs[lo..lo + len]
     }
 
     /// The largest share of `text`'s characters inside n-grams it shares with one training
@@ -117,12 +135,7 @@ impl NoveltyIndex {
         // Per training tweet sharing an n-gram: which of the candidate's characters it covers.
         let mut covered: HashMap<u32, Vec<bool>> = HashMap::new();
         for (i, w) in b.windows(self.n + 1).enumerate() {
-            let gram = hash(&text.as_bytes()[w[0]..w[self.n]]);
-            let Some(first) = self.first.get(&gram) else {
-                continue;
-            };
-            let more = self.more.get(&gram).map_or(&[][..], Vec::as_slice);
-            for id in std::iter::once(first).chain(more) {
+            for (_, id) in self.holders(hash(&text.as_bytes()[w[0]..w[self.n]])) {
                 let c = covered.entry(*id).or_insert_with(|| vec![false; chars]);
                 c[i..i + self.n].iter_mut().for_each(|x| *x = true);
             }
