@@ -625,3 +625,19 @@ fn real_collections_import() {
     assert_eq!(r.formats, ["api-v2"]);
     assert!(r.read > 500, "{r:?}");
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_aviary"))
+        .args(["bot", "list"])
+        .env("AVIARY_HOME", tmp.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes away, as `head` does
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
