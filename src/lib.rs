@@ -12,6 +12,7 @@ pub mod cli;
 pub mod corpus;
 pub mod error;
 pub mod generate;
+pub mod hash;
 pub mod model;
 pub mod store;
 pub mod train;

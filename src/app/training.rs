@@ -203,12 +203,7 @@ pub fn train(
                 Error::invalid("no checkpoint directory given", "pass --checkpoint-dir DIR")
             })?;
             let source = Corpus(PlainTextFiles::open(paths)?);
-            let pretrained = match &req.init {
-                Init::Pretrained(from) if !req.restore => {
-                    Some(load_pretrained(from.as_deref(), &device)?)
-                }
-                _ => None,
-            };
+            let (pretrained, _) = starting_checkpoint(req, None, &device)?;
             run_trainer(
                 config,
                 req,
@@ -236,16 +231,8 @@ pub fn train(
                 (Init::Pretrained(_), _) => "finetune",
             };
             // `--from` names the bot's base from now on; else the base it already has.
-            let from = match &req.init {
-                Init::Pretrained(Some(from)) => Some(from.display().to_string()),
-                _ => bot.base_checkpoint.clone(),
-            };
-            let pretrained = match &req.init {
-                Init::Pretrained(_) if !req.restore => {
-                    Some(load_pretrained(from.as_deref().map(Path::new), &device)?)
-                }
-                _ => None,
-            };
+            let (pretrained, from) =
+                starting_checkpoint(req, bot.base_checkpoint.as_deref(), &device)?;
             let run = source.store_mut().write(|w| {
                 if pretrained.is_some() && !req.trial {
                     w.set_base_checkpoint(bot.id, from.as_deref())?;
@@ -304,6 +291,27 @@ fn settings_for(config: &Config, req: &TrainRequest) -> Config {
     }
     req.overrides.apply(&mut settings);
     settings
+}
+
+/// The checkpoint a new run of `req` starts from (`None`: from scratch, or resuming), and
+/// its directory: `--from`, else `fallback`, else the built-in base model (`None`).
+fn starting_checkpoint(
+    req: &TrainRequest,
+    fallback: Option<&str>,
+    device: &Device,
+) -> Result<(Option<Checkpoint>, Option<String>)> {
+    let Init::Pretrained(from) = &req.init else {
+        return Ok((None, None));
+    };
+    let from = match from {
+        Some(dir) => Some(dir.display().to_string()),
+        None => fallback.map(str::to_string),
+    };
+    if req.restore {
+        return Ok((None, from));
+    }
+    let ck = load_pretrained(from.as_deref().map(Path::new), device)?;
+    Ok((Some(ck), from))
 }
 
 /// The checkpoint in `dir`, or the built-in base model.

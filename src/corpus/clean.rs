@@ -203,14 +203,9 @@ impl Dedup {
     }
 }
 
-/// A stable 64-bit FNV-1a hash of `text` (also the key of tweets that have no id).
+/// A stable 64-bit hash of `text` (also the key of tweets that have no id).
 pub fn text_hash(text: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.as_bytes() {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
+    crate::hash::fnv1a(text.as_bytes())
 }
 
 #[cfg(test)]

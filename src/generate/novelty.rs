@@ -175,7 +175,7 @@ fn boundaries(s: &str) -> Vec<usize> {
 }
 
 fn hash(bytes: &[u8]) -> u64 {
-    crate::corpus::clean::text_hash(std::str::from_utf8(bytes).unwrap_or_default())
+    crate::hash::fnv1a(bytes)
 }
 
 /// Straight double quotes come in pairs, curly quotes and brackets open before they close.

@@ -32,11 +32,7 @@ pub enum Split {
 /// The split of a tweet: a stable hash (FNV-1a of its text), so the same tweet lands on the
 /// same side in every run and on every machine, whatever order the corpus is in.
 pub fn split_of(tweet: &str, val_fraction: f64) -> Split {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in tweet.as_bytes() {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
+    let h = crate::hash::fnv1a(tweet.as_bytes());
     if ((h % 1_000_000) as f64) < val_fraction * 1_000_000.0 {
         Split::Validation
     } else {

@@ -566,6 +566,7 @@ impl<'a> Trainer<'a> {
         let steps_per_epoch = self.steps_per_epoch();
         let total = self.total_steps();
         let start_step = self.progress.step;
+        let (unknown_distinct, unknown_chars) = self.unknown_chars();
         let _ = events.send(TrainEvent::Started {
             steps_per_epoch,
             total_steps: total,
@@ -581,8 +582,8 @@ impl<'a> Trainer<'a> {
                 .map(|(_, v)| v.elem_count())
                 .sum(),
             device: describe_device(&self.device),
-            unknown_chars: self.unknown_chars().1,
-            unknown_distinct: self.unknown_chars().0,
+            unknown_chars,
+            unknown_distinct,
         });
         let chars_per_step = (self.config.batch_size * self.config.seq_len) as f64;
         let started = Instant::now();
