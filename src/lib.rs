@@ -16,5 +16,6 @@ pub mod hash;
 pub mod model;
 pub mod store;
 pub mod train;
+pub mod twitter;
 
 pub use error::{Error, Result};
