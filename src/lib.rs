@@ -14,6 +14,7 @@ pub mod error;
 pub mod generate;
 pub mod hash;
 pub mod model;
+pub mod schedule;
 pub mod store;
 pub mod train;
 pub mod twitter;

@@ -9,11 +9,12 @@ use std::path::Path;
 use candle_core::Device;
 
 use super::bots::find_bot;
+use super::posting;
 use super::{base_checkpoint, Config, GenerateRequest};
 use crate::generate::{self, NoveltyIndexBuilder, Rejection};
 use crate::model::{Checkpoint, StepWeights};
-use crate::store::CandidateRow;
 use crate::store::Store;
+use crate::store::{CandidateRow, QueueStatus};
 use crate::train::mix;
 use crate::{Error, Result};
 
@@ -187,13 +188,31 @@ pub fn review(store: &mut Store, bot: &str, ids: &[i64], review: &Review) -> Res
             ("edited", Some(t))
         }
     };
+    let rows = store.candidates(bot.id)?;
     store.write(|w| {
         for id in ids {
-            if !w.set_candidate_status(bot.id, *id, status, text)? {
+            let Some(c) = rows.iter().find(|c| c.id == *id) else {
                 return Err(Error::invalid(
                     format!("bot `{}` has no candidate {id}", bot.name),
                     format!("list them with `aviary candidates {}`", bot.name),
                 ));
+            };
+            // Approved candidates are the queue: approving queues, rejecting unqueues, an
+            // edit changes what is queued. What is sent or being sent stays as it is.
+            let queued = w.entry_of_candidate(*id)?;
+            if let Some((qid, qs)) = queued {
+                if matches!(qs, QueueStatus::Sending | QueueStatus::Posted) {
+                    return Err(Error::invalid(
+                        format!("candidate {id} is {qs} (queue entry {qid}): it cannot change now"),
+                        "write a new tweet instead",
+                    ));
+                }
+                w.dequeue(qid)?;
+            }
+            w.set_candidate_status(bot.id, *id, status, text)?;
+            if matches!(review, Review::Approve | Review::Edit(_)) {
+                let final_text = text.unwrap_or(c.edited_text.as_deref().unwrap_or(&c.text));
+                posting::enqueue_in(w, bot.id, Some(*id), final_text)?;
             }
         }
         Ok(())

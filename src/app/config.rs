@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::corpus::CleanPolicy;
 use crate::generate::{NoveltyConfig, SampleConfig};
 use crate::model::ModelConfig;
+use crate::schedule::Schedule;
 use crate::train::TrainConfig;
 use crate::{Error, Result};
 
@@ -28,6 +29,47 @@ pub struct Config {
     pub finetune: FinetuneConfig,
     /// How a bot's candidates are judged against its training tweets.
     pub novelty: NoveltyConfig,
+    /// The X API: where it is, how long to wait, what it costs.
+    pub x: XConfig,
+    /// The posting schedule new bots start with (`aviary schedule set` changes a bot's own).
+    pub schedule: Schedule,
+}
+
+/// How aviary talks to the X API.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct XConfig {
+    /// The API's base URL (a test server's in tests).
+    pub api_base: String,
+    /// Seconds to wait for an answer before treating a call as failed.
+    pub timeout_seconds: u64,
+    /// Sends of one tweet before it is marked failed (server and network errors).
+    pub max_attempts: u32,
+    /// Seconds after a send whose answer was lost before the timeline is read for it (X's
+    /// timeline can lag a moment behind a post).
+    pub settle_seconds: u64,
+    /// Seconds before the first retry after a server or network error; each further retry
+    /// waits twice as long, an hour at most.
+    pub retry_seconds: u64,
+    /// US dollars X bills per post (pay-per-use "Content: Create").
+    pub cost_per_post: f64,
+    /// US dollars X bills per post with a link ("Content: Create (with URL)").
+    pub cost_per_post_with_url: f64,
+}
+
+impl Default for XConfig {
+    fn default() -> Self {
+        XConfig {
+            api_base: "https://api.x.com".into(),
+            timeout_seconds: 30,
+            max_attempts: 5,
+            settle_seconds: 30,
+            retry_seconds: 30,
+            // docs.x.com/x-api/getting-started/pricing, read 2026-11-28.
+            cost_per_post: 0.015,
+            cost_per_post_with_url: 0.2,
+        }
+    }
 }
 
 /// The training settings fine-tuning uses instead of `[train]`'s: a bot's few thousand tweets

@@ -11,11 +11,14 @@ use crate::{Error, Result};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Home {
     root: PathBuf,
+    /// Whether the user named it (then the credentials file lives in it too).
+    explicit: bool,
 }
 
 impl Home {
     /// `explicit` (from `--home` or `AVIARY_HOME`), else the platform's data directory.
     pub fn resolve(explicit: Option<PathBuf>) -> Result<Home> {
+        let named = explicit.is_some();
         let root = match explicit {
             Some(p) => p,
             None => directories::ProjectDirs::from("", "", "aviary")
@@ -27,7 +30,10 @@ impl Home {
                     )
                 })?,
         };
-        Ok(Home { root })
+        Ok(Home {
+            root,
+            explicit: named,
+        })
     }
 
     /// The folder itself.
@@ -43,6 +49,17 @@ impl Home {
     /// A bot's own folder (its checkpoints).
     pub fn bot_dir(&self, name: &str) -> PathBuf {
         self.root.join("bots").join(name)
+    }
+
+    /// The credentials file: `AVIARY_CREDENTIALS`, else `credentials.toml` in a home named
+    /// with `--home`/`AVIARY_HOME`, else in the platform's config directory.
+    pub fn credentials_path(&self) -> Result<PathBuf> {
+        crate::twitter::credentials::default_path(self.explicit.then_some(self.root.as_path()))
+    }
+
+    /// The dry-run outbox: where posts go instead of X.
+    pub fn outbox_path(&self) -> PathBuf {
+        self.root.join("outbox.jsonl")
     }
 
     /// Opens the database, creating the home and the database on first use.

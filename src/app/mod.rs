@@ -6,7 +6,9 @@ pub mod bench;
 pub mod bots;
 pub mod candidates;
 pub mod config;
+pub mod fetch;
 pub mod home;
+pub mod posting;
 pub mod search;
 pub mod training;
 

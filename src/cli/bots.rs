@@ -62,8 +62,15 @@ pub struct ImportArgs {
     /// The bot to import into.
     pub bot: String,
     /// Files: an X archive (zip, folder or data/tweets.js), API JSON, CSV or text.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "fetch")]
     pub files: Vec<PathBuf>,
+    /// Fetch this account's newest tweets through the X API instead (needs `aviary auth BOT`;
+    /// X serves the newest 3,200 at most).
+    #[arg(long, value_name = "HANDLE", conflicts_with_all = ["files", "format"])]
+    pub fetch: Option<String>,
+    /// With --fetch: at most this many tweets.
+    #[arg(long, default_value_t = 3200, requires = "fetch")]
+    pub max: usize,
     /// Read every file as this format instead of detecting it: archive, api-v1, api-v2, csv, text.
     #[arg(long)]
     pub format: Option<String>,
@@ -248,9 +255,31 @@ fn show(d: &bots::BotDetails) {
 }
 
 /// Runs `aviary import`.
-pub fn import(home: &Home, a: ImportArgs) -> Result<()> {
+pub fn import(config: &Config, home: &Home, a: ImportArgs) -> Result<()> {
     let format = a.format.as_deref().map(str::parse::<Format>).transpose()?;
     let mut store = home.open_store()?;
+    if let Some(handle) = &a.fetch {
+        let setup = crate::app::posting::PostingSetup {
+            home,
+            config,
+            force_dry_run: false,
+        };
+        let f = crate::app::fetch::fetch(&setup, &mut store, &a.bot, handle, a.max)?;
+        println!(
+            "fetched {} tweets of @{} into {} (pages kept in {})",
+            f.fetched,
+            handle.trim_start_matches('@'),
+            a.bot,
+            f.pages_file.display()
+        );
+        if f.at_timeline_limit {
+            println!("  X serves only an account's newest 3,200 posts: for older ones, import its archive");
+        } else if f.more_available {
+            println!("  stopped at --max {}; more are available", a.max);
+        }
+        print!("{}", f.report.render());
+        return Ok(());
+    }
     let report = bots::import(
         &mut store,
         &ImportRequest {

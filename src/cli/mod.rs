@@ -2,6 +2,7 @@
 //! indicatif. Holds no domain logic: it parses, calls `app`, and prints.
 
 mod bots;
+mod posting;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -61,6 +62,14 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Measure training and sampling speed (JSON lines, same shape as torch_charlstm.py).
     Bench(BenchArgs),
+    /// Authorise a bot to post as an X account (PIN-based OAuth; tokens saved with mode 0600).
+    Auth(posting::AuthArgs),
+    /// The posting queue: list (with planned times and cost), add, remove, move, retry.
+    Queue(posting::QueueArgs),
+    /// Post one queue entry now, whatever the schedule says.
+    PostNow(posting::PostNowArgs),
+    /// Run the scheduler that posts the queues, or show or change a bot's schedule.
+    Schedule(posting::ScheduleArgs),
 }
 
 /// `aviary train`: the reference tutorial's flag names.
@@ -354,7 +363,7 @@ pub fn run() -> Result<()> {
     let home = || Home::resolve(cli.home.clone());
     match cli.command {
         Command::Bot(a) => bots::bot(&config, &home()?, a),
-        Command::Import(a) => bots::import(&home()?, a),
+        Command::Import(a) => bots::import(&config, &home()?, a),
         Command::Train(a) => train(&config, home, a),
         Command::Base(BaseArgs {
             command: BaseCommand::Train(a),
@@ -365,6 +374,10 @@ pub fn run() -> Result<()> {
         Command::Candidates(a) => candidates(&home()?, a),
         Command::Generate(a) => generate(&config, home, a),
         Command::Bench(a) => bench(a),
+        Command::Auth(a) => posting::auth(&config, &home()?, a),
+        Command::Queue(a) => posting::queue(&config, &home()?, a),
+        Command::PostNow(a) => posting::post_now(&config, &home()?, a),
+        Command::Schedule(a) => posting::schedule(&config, &home()?, a),
     }
 }
 

@@ -76,4 +76,17 @@ pub const MIGRATIONS: &[&str] = &[
         updated_at TEXT NOT NULL
     );
     "#,
+    // 2: posting. Each bot's schedule (JSON; NULL: the config's default); per queue entry
+    // the attempts made, when it was claimed for sending, when to try again, when it was
+    // posted. A candidate is queued at most once.
+    r#"
+    ALTER TABLE bots ADD COLUMN schedule TEXT;
+    ALTER TABLE queue ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE queue ADD COLUMN sending_since TEXT;
+    ALTER TABLE queue ADD COLUMN next_attempt_at TEXT;
+    ALTER TABLE queue ADD COLUMN posted_at TEXT;
+    CREATE UNIQUE INDEX queue_candidate ON queue(candidate_id) WHERE candidate_id IS NOT NULL;
+    CREATE INDEX queue_bot_status ON queue(bot_id, status, position);
+    CREATE INDEX queue_text ON queue(text);
+    "#,
 ];

@@ -7,6 +7,9 @@
 //! one transaction ([`Store::write`]).
 
 mod migrations;
+mod queue;
+
+pub use queue::{QueueRow, QueueStatus};
 
 use std::path::Path;
 use std::time::Duration;
@@ -78,6 +81,8 @@ pub struct Bot {
     pub active_checkpoint: Option<String>,
     /// Its cleaning policy, as JSON.
     pub clean_policy: String,
+    /// Its posting schedule, as JSON (`None`: the config's default).
+    pub schedule: Option<String>,
 }
 
 /// How many of a bot's tweets there are, kept and dropped per reason.
@@ -402,7 +407,8 @@ impl Store {
 }
 
 const BOT_COLUMNS: &str =
-    "SELECT id, name, handle, created_at, base_checkpoint, active_checkpoint, clean_policy FROM bots";
+    "SELECT id, name, handle, created_at, base_checkpoint, active_checkpoint, clean_policy, schedule
+     FROM bots";
 
 fn bot_from_row(r: &rusqlite::Row) -> rusqlite::Result<Bot> {
     Ok(Bot {
@@ -413,6 +419,7 @@ fn bot_from_row(r: &rusqlite::Row) -> rusqlite::Result<Bot> {
         base_checkpoint: r.get(4)?,
         active_checkpoint: r.get(5)?,
         clean_policy: r.get(6)?,
+        schedule: r.get(7)?,
     })
 }
 

@@ -289,11 +289,13 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("credentials.toml");
-        let mut c = Credentials::default();
-        c.app = Some(AppKeys {
-            consumer_key: Secret::new("k"),
-            consumer_secret: Secret::new("s"),
-        });
+        let c = Credentials {
+            app: Some(AppKeys {
+                consumer_key: Secret::new("k"),
+                consumer_secret: Secret::new("s"),
+            }),
+            ..Default::default()
+        };
         c.save(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);

@@ -1,0 +1,372 @@
+//! `aviary auth`, `aviary queue ...`, `aviary post-now`, `aviary schedule ...`: parsing and
+//! printing around `app::posting`.
+
+use std::io::{BufRead, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{NaiveDate, Utc};
+use clap::{Args, Subcommand};
+
+use crate::app::posting::{self, PostEvent, PostingSetup, RunOptions};
+use crate::app::{Config, Home};
+use crate::schedule::SystemClock;
+use crate::twitter::{auth, Credentials};
+use crate::{Error, Result};
+
+/// `aviary auth`.
+#[derive(Args, Debug)]
+pub struct AuthArgs {
+    /// The bot whose X account to authorise.
+    pub bot: String,
+}
+
+/// `aviary queue`.
+#[derive(Args, Debug)]
+pub struct QueueArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: QueueCommand,
+}
+
+/// The queue subcommands.
+#[derive(Subcommand, Debug)]
+pub enum QueueCommand {
+    /// Every bot's queue (or one bot's) with planned times, mode and estimated cost.
+    List {
+        /// Only this bot.
+        bot: Option<String>,
+    },
+    /// Queue a tweet written by hand (approving a candidate queues it too).
+    Add {
+        /// The bot.
+        bot: String,
+        /// The tweet.
+        text: String,
+    },
+    /// Take a queued or failed entry out.
+    Remove {
+        /// The entry's id (see `queue list`).
+        id: i64,
+    },
+    /// Put a queued entry at another place (1 = next to post).
+    Move {
+        /// The entry's id.
+        id: i64,
+        /// Its new place.
+        to: usize,
+    },
+    /// Put a failed entry back at the end of its queue.
+    Retry {
+        /// The entry's id.
+        id: i64,
+    },
+}
+
+/// `aviary post-now`.
+#[derive(Args, Debug)]
+pub struct PostNowArgs {
+    /// The queue entry's id (see `aviary queue list`).
+    pub id: i64,
+    /// Write to the outbox file instead of posting, even with credentials.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `aviary schedule`.
+#[derive(Args, Debug)]
+pub struct ScheduleArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: ScheduleCommand,
+}
+
+/// The schedule subcommands.
+#[derive(Subcommand, Debug)]
+pub enum ScheduleCommand {
+    /// Post every bot's queue in its slots until Ctrl-C or SIGTERM, logging each action.
+    Run {
+        /// Only this bot (repeatable).
+        #[arg(long = "bot")]
+        bots: Vec<String>,
+        /// Write to the outbox file (HOME/outbox.jsonl) instead of posting, even with credentials.
+        #[arg(long)]
+        dry_run: bool,
+        /// Handle what is due now, then exit (for cron).
+        #[arg(long)]
+        once: bool,
+    },
+    /// A bot's schedule and one day's planned slots.
+    Show {
+        /// The bot.
+        bot: String,
+        /// The day (YYYY-MM-DD, in the bot's time zone; default today).
+        #[arg(long)]
+        date: Option<NaiveDate>,
+    },
+    /// Change a bot's schedule: slots=09:00,18:00 every=4h jitter=20m daily_cap=3
+    /// quiet=23:00-07:00 timezone=Europe/Berlin enabled=true|false.
+    Set {
+        /// The bot.
+        bot: String,
+        /// key=value pairs.
+        #[arg(required = true)]
+        settings: Vec<String>,
+    },
+}
+
+/// Prints one scheduler event with the time, flushed at once (a log read live).
+fn log(e: PostEvent) {
+    let line = format!("{} {e}", posting::stamp(Utc::now()));
+    let mut out = std::io::stdout().lock();
+    // A closed stdout must not stop the scheduler; SIGPIPE ends the process if it is a pipe.
+    let _ = writeln!(out, "{line}").and_then(|_| out.flush());
+    tracing::info!("{line}");
+}
+
+/// Runs `aviary auth`.
+pub fn auth(config: &Config, home: &Home, a: AuthArgs) -> Result<()> {
+    home.open_store()
+        .and_then(|s| crate::app::bots::find_bot(&s, &a.bot))?;
+    let path = home.credentials_path()?;
+    let creds = Credentials::load(&path)?;
+    let app = creds.app.clone().ok_or_else(|| {
+        Error::invalid(
+            "no X app keys: aviary needs the app's consumer key and secret first",
+            format!(
+                "set AVIARY_X_CONSUMER_KEY and AVIARY_X_CONSUMER_SECRET, or write them as \
+                 [app] consumer_key / consumer_secret in {} (mode 0600)",
+                path.display()
+            ),
+        )
+    })?;
+    let timeout = Duration::from_secs(config.x.timeout_seconds.max(1));
+    let pending = auth::begin(&config.x.api_base, &app, timeout)?;
+    println!("1. Sign in to X as the account bot `{}` posts as.", a.bot);
+    println!(
+        "2. Open this page and authorise the app:\n   {}",
+        pending.authorize_url
+    );
+    print!("3. Type the PIN X shows: ");
+    std::io::stdout()
+        .flush()
+        .map_err(|e| Error::io("<stdout>", e))?;
+    let mut pin = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut pin)
+        .map_err(|e| Error::io("<stdin>", e))?;
+    if pin.trim().is_empty() {
+        return Err(Error::invalid("no PIN typed", "run `aviary auth` again"));
+    }
+    let account = pending.finish(&pin, timeout)?;
+    let who = account.username.clone().unwrap_or_else(|| "?".into());
+    // Save the file's own contents (not the environment's keys) plus the new tokens.
+    let mut file = Credentials::read_file(&path)?;
+    file.bots.insert(a.bot.clone(), account);
+    if file.app.is_none() && std::env::var_os("AVIARY_X_CONSUMER_KEY").is_none() {
+        file.app = Some(app);
+    }
+    file.save(&path)?;
+    println!(
+        "\nbot `{}` posts as @{who}; tokens saved to {} (mode 0600)",
+        a.bot,
+        path.display()
+    );
+    println!("X asks automated accounts to carry the \"Automated\" label: set it in the account's settings.");
+    Ok(())
+}
+
+/// Runs `aviary queue ...`.
+pub fn queue(config: &Config, home: &Home, a: QueueArgs) -> Result<()> {
+    let mut store = home.open_store()?;
+    match a.command {
+        QueueCommand::List { bot } => {
+            let setup = PostingSetup {
+                home,
+                config,
+                force_dry_run: false,
+            };
+            let all = posting::summary(&setup, &store, bot.as_deref(), &SystemClock)?;
+            if all.is_empty() {
+                println!("no bots yet; create one with `aviary bot new NAME`");
+            }
+            let (mut day, mut n) = (0.0, 0);
+            for q in &all {
+                print_summary(q);
+                day += q.cost_per_day;
+                n += q.posts_per_day * q.enabled as usize;
+            }
+            if all.len() > 1 {
+                println!(
+                    "all bots: {n} posts a day, about ${day:.2} a day, ${:.2} a month",
+                    day * 30.0
+                );
+            }
+        }
+        QueueCommand::Add { bot, text } => {
+            let id = posting::queue_text(&mut store, &bot, &text)?;
+            println!("queued #{id} for {bot}");
+        }
+        QueueCommand::Remove { id } => {
+            let e = posting::remove(&mut store, id)?;
+            println!("removed #{id} from {}'s queue", e.bot);
+        }
+        QueueCommand::Move { id, to } => {
+            posting::move_to(&mut store, id, to)?;
+            println!("moved #{id} to place {to}");
+        }
+        QueueCommand::Retry { id } => {
+            posting::retry(&mut store, id)?;
+            println!("#{id} is queued again");
+        }
+    }
+    Ok(())
+}
+
+fn print_summary(q: &posting::QueueSummary) {
+    let state = if q.enabled { "on" } else { "off" };
+    println!(
+        "{}: schedule {state}, {}; {} posts a day, about ${:.2} a day, ${:.2} a month",
+        q.bot,
+        q.mode,
+        q.posts_per_day,
+        q.cost_per_day,
+        q.cost_per_day * 30.0
+    );
+    if q.entries.is_empty() {
+        println!(
+            "  (empty: approve candidates with `aviary candidates {} --approve ID`)",
+            q.bot
+        );
+    }
+    let mut planned = q.planned.iter();
+    for e in &q.entries {
+        let when = match e.status {
+            crate::store::QueueStatus::Queued => planned
+                .next()
+                .map(|t| posting::stamp(*t))
+                .unwrap_or_else(|| "-".into()),
+            crate::store::QueueStatus::Posted => e.posted_at.clone().unwrap_or_default(),
+            _ => e.sending_since.clone().unwrap_or_default(),
+        };
+        let extra = match (&e.posted_tweet_id, &e.error) {
+            (Some(t), _) => format!(" id {t}"),
+            (None, Some(err)) => format!(" ({err})"),
+            _ => String::new(),
+        };
+        let text: String = e.text.chars().take(60).collect();
+        let more = if e.text.chars().count() > 60 {
+            "…"
+        } else {
+            ""
+        };
+        println!(
+            "  #{:<5} {:<8} {:<20} {text}{more}{extra}",
+            e.id, e.status, when
+        );
+    }
+}
+
+/// A stop flag set by Ctrl-C and SIGTERM.
+fn stop_flag() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    ctrlc::set_handler(move || s.store(true, Ordering::SeqCst))
+        .map_err(|e| Error::invalid(format!("cannot catch Ctrl-C: {e}"), "please report it"))?;
+    Ok(stop)
+}
+
+/// Runs `aviary post-now`.
+pub fn post_now(config: &Config, home: &Home, a: PostNowArgs) -> Result<()> {
+    let mut store = home.open_store()?;
+    let setup = PostingSetup {
+        home,
+        config,
+        force_dry_run: a.dry_run,
+    };
+    let e = posting::post_now(&setup, &mut store, a.id, &SystemClock, &mut log)?;
+    println!("#{}: {}", e.id, e.status);
+    match e.status {
+        crate::store::QueueStatus::Posted | crate::store::QueueStatus::Sending => Ok(()),
+        _ => Err(Error::invalid(
+            format!(
+                "#{} was not posted: {}",
+                e.id,
+                e.error.as_deref().unwrap_or("see above")
+            ),
+            "see `aviary queue list`",
+        )),
+    }
+}
+
+/// Runs `aviary schedule ...`.
+pub fn schedule(config: &Config, home: &Home, a: ScheduleArgs) -> Result<()> {
+    let mut store = home.open_store()?;
+    match a.command {
+        ScheduleCommand::Run {
+            bots,
+            dry_run,
+            once,
+        } => {
+            let setup = PostingSetup {
+                home,
+                config,
+                force_dry_run: dry_run,
+            };
+            let stop = stop_flag()?;
+            let opts = RunOptions { bots, once };
+            posting::run_scheduler(&setup, &mut store, &opts, &SystemClock, &stop, &mut log)?;
+            if stop.load(Ordering::Relaxed) {
+                log_line("stopped; nothing is left half-sent");
+            }
+        }
+        ScheduleCommand::Show { bot, date } => {
+            let (s, slots, tz) = posting::day_plan(
+                config,
+                &store,
+                &bot,
+                date.unwrap_or_else(|| Utc::now().date_naive()),
+            )?;
+            println!(
+                "{bot}: schedule {}; slots {}{}, jitter {}, daily cap {}, quiet {}, time zone {}",
+                if s.enabled { "on" } else { "off" },
+                if s.slots.is_empty() {
+                    "-".into()
+                } else {
+                    s.slots.join(",")
+                },
+                if s.every.is_empty() {
+                    String::new()
+                } else {
+                    format!(", every {}", s.every)
+                },
+                s.jitter,
+                if s.daily_cap == 0 {
+                    "none".into()
+                } else {
+                    s.daily_cap.to_string()
+                },
+                if s.quiet.is_empty() { "none" } else { &s.quiet },
+                s.timezone
+            );
+            for t in slots {
+                println!(
+                    "  {}  ({})",
+                    t.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S"),
+                    posting::stamp(t)
+                );
+            }
+        }
+        ScheduleCommand::Set { bot, settings } => {
+            posting::set_schedule(config, &mut store, &bot, &settings)?;
+            println!("schedule of {bot} changed; see it with `aviary schedule show {bot}`");
+        }
+    }
+    Ok(())
+}
+
+fn log_line(s: &str) {
+    println!("{} {s}", posting::stamp(Utc::now()));
+}
