@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -990,20 +989,18 @@ pub fn post_now(
     entry(posting.store, id)
 }
 
-/// The day's planned slots of bot `name` (`aviary schedule show`).
+/// The planned slots of bot `name` on local day `day` (default: today in its time zone),
+/// for `aviary schedule show`.
 pub fn day_plan(
     config: &Config,
     store: &Store,
     name: &str,
-    day: NaiveDate,
+    day: Option<NaiveDate>,
+    clock: &dyn Clock,
 ) -> Result<(Schedule, Vec<DateTime<Utc>>, chrono_tz::Tz)> {
     let bot = find_bot(store, name)?;
     let s = schedule_of(config, &bot)?;
     let plan = s.plan(bot.id.0 as u64)?;
+    let day = day.unwrap_or_else(|| plan.local_date(clock.now()));
     Ok((s, plan.day(day), plan.timezone()))
-}
-
-/// Whether `path` exists as a credentials file with keys for bot `bot` (for messages).
-pub fn has_credentials(path: &Path, bot: &str) -> Result<bool> {
-    Ok(Credentials::load(path)?.for_bot(bot).is_some())
 }

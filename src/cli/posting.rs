@@ -122,7 +122,6 @@ fn log(e: PostEvent) {
     let mut out = std::io::stdout().lock();
     // A closed stdout must not stop the scheduler; SIGPIPE ends the process if it is a pipe.
     let _ = writeln!(out, "{line}").and_then(|_| out.flush());
-    tracing::info!("{line}");
 }
 
 /// Runs `aviary auth`.
@@ -323,12 +322,7 @@ pub fn schedule(config: &Config, home: &Home, a: ScheduleArgs) -> Result<()> {
             }
         }
         ScheduleCommand::Show { bot, date } => {
-            let (s, slots, tz) = posting::day_plan(
-                config,
-                &store,
-                &bot,
-                date.unwrap_or_else(|| Utc::now().date_naive()),
-            )?;
+            let (s, slots, tz) = posting::day_plan(config, &store, &bot, date, &SystemClock)?;
             println!(
                 "{bot}: schedule {}; slots {}{}, jitter {}, daily cap {}, quiet {}, time zone {}",
                 if s.enabled { "on" } else { "off" },

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod mock_x;
+
 use std::path::{Path, PathBuf};
 
 use aviary::model::ModelConfig;

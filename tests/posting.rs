@@ -1,0 +1,587 @@
+//! Posting end to end: the aviary binary against a mock X API on 127.0.0.1 that verifies
+//! every OAuth 1.0a signature. Auth flow, queue commands, post-now, the scheduler's rate-limit
+//! wait and retries, duplicates, dry run, `import --fetch`, and kill -9 of the scheduler at
+//! each step of a post with exactly one post per queued tweet after a restart.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::mock_x::{self, Answer, MockX};
+
+struct Env {
+    home: tempfile::TempDir,
+    config: PathBuf,
+}
+
+/// A home with bot `b` (and `c`), a config pointing at `mock` that posts every second, and
+/// credentials for both bots when `with_credentials`.
+fn setup(mock: &MockX, with_credentials: bool) -> Env {
+    let home = tempfile::tempdir().unwrap();
+    let config = home.path().join("aviary.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[x]
+api_base = "{}"
+timeout_seconds = 5
+settle_seconds = 0
+retry_seconds = 1
+max_attempts = 3
+[schedule]
+slots = []
+every = "1s"
+jitter = "0"
+daily_cap = 0
+quiet = ""
+"#,
+            mock.url
+        ),
+    )
+    .unwrap();
+    let env = Env { home, config };
+    if with_credentials {
+        write_credentials(&env, true, 0o600);
+    }
+    env.ok(&["bot", "new", "b"]);
+    env.ok(&["bot", "new", "c"]);
+    env
+}
+
+fn write_credentials(env: &Env, with_tokens: bool, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut text = format!(
+        "[app]\nconsumer_key = \"{}\"\nconsumer_secret = \"{}\"\n",
+        mock_x::CONSUMER_KEY,
+        mock_x::CONSUMER_SECRET
+    );
+    if with_tokens {
+        for bot in ["b", "c"] {
+            text.push_str(&format!(
+                "[bots.{bot}]\naccess_token = \"{}\"\naccess_secret = \"{}\"\n",
+                mock_x::ACCESS_TOKEN,
+                mock_x::ACCESS_SECRET
+            ));
+        }
+    }
+    let path = env.home.path().join("credentials.toml");
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn no_secrets(s: &str) {
+    for secret in mock_x::SECRETS {
+        assert!(!s.contains(secret), "a secret leaked into output:\n{s}");
+    }
+}
+
+impl Env {
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_aviary"));
+        c.args(args)
+            .env("AVIARY_HOME", self.home.path())
+            .env("AVIARY_CONFIG", &self.config)
+            .env_remove("AVIARY_CREDENTIALS")
+            .env_remove("AVIARY_X_CONSUMER_KEY")
+            .env_remove("AVIARY_X_CONSUMER_SECRET")
+            .env_remove("AVIARY_TEST_PAUSE_AT");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> (bool, String) {
+        let o = self.cmd(args).stdin(Stdio::null()).output().unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        no_secrets(&all);
+        (o.status.success(), all)
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (ok, out) = self.run(args);
+        assert!(ok, "aviary {args:?} failed:\n{out}");
+        out
+    }
+
+    fn fail(&self, args: &[&str]) -> String {
+        let (ok, out) = self.run(args);
+        assert!(!ok, "aviary {args:?} should have failed:\n{out}");
+        out
+    }
+
+    fn queue_id(&self, bot: &str, text: &str) -> String {
+        let out = self.ok(&["queue", "add", bot, text]);
+        out.split('#')
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Starts `aviary schedule run`, collecting its log lines.
+    fn daemon(&self, pause_at: Option<&str>) -> Daemon {
+        let mut c = self.cmd(&["--debug", "schedule", "run"]);
+        if let Some(p) = pause_at {
+            c.env("AVIARY_TEST_PAUSE_AT", p);
+        }
+        let mut child = c
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let l = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    l.lock().unwrap().push(line);
+                }
+            });
+        }
+        Daemon { child, lines }
+    }
+}
+
+struct Daemon {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    fn wait_for(&self, what: &str, cond: impl Fn(&str) -> bool) {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(30) {
+            if cond(&self.log()) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("timed out waiting for {what}; log:\n{}", self.log());
+    }
+
+    fn kill9(mut self) -> String {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        self.log()
+    }
+
+    /// SIGTERM, and a clean exit.
+    fn stop(mut self) -> String {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let t = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(100));
+                let log = self.log();
+                assert!(st.success(), "scheduler exited with {st}:\n{log}");
+                no_secrets(&log);
+                return log;
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "no exit on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn count(log: &str, needle: &str) -> usize {
+    log.matches(needle).count()
+}
+
+#[test]
+fn auth_walks_the_pin_flow_and_keeps_the_tokens_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mock = MockX::start();
+    let env = setup(&mock, false);
+    write_credentials(&env, false, 0o600);
+    let mut child = env
+        .cmd(&["auth", "b"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"1234567\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "{out}");
+    no_secrets(&out);
+    assert!(
+        out.contains(&format!("{}/oauth/authorize?oauth_token=", mock.url)),
+        "{out}"
+    );
+    assert!(out.contains("@mockbot"), "{out}");
+    let path = env.home.path().join("credentials.toml");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let saved = std::fs::read_to_string(&path).unwrap();
+    assert!(saved.contains(mock_x::ACCESS_TOKEN) && saved.contains("user_id = \"42\""));
+    assert!(mock.unsigned().is_empty(), "{:?}", mock.unsigned());
+    // The saved tokens post.
+    let id = env.queue_id("b", "first light over the harbour");
+    env.ok(&["post-now", &id]);
+    assert_eq!(mock.posts().len(), 1);
+    // A wrong PIN is refused with a message.
+    let mut child = env
+        .cmd(&["auth", "b"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"999\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("PIN"));
+}
+
+#[test]
+fn a_credentials_file_others_can_read_is_refused() {
+    let mock = MockX::start();
+    let env = setup(&mock, false);
+    write_credentials(&env, true, 0o644);
+    let id = env.queue_id("b", "a tweet for nobody");
+    let out = env.fail(&["post-now", &id]);
+    assert!(out.contains("0644") && out.contains("chmod 600"), "{out}");
+    assert_eq!(mock.post_requests(), 0);
+}
+
+#[test]
+fn post_now_posts_signed_once_and_records_the_id() {
+    let mock = MockX::start();
+    let env = setup(&mock, true);
+    let id = env.queue_id("b", "Tom & Jerry at the harbour tonight");
+    // Everything any library logs, hyper's connection traces included: still no secret.
+    let o = env
+        .cmd(&["--debug", "post-now", &id])
+        .env("RUST_LOG", "trace")
+        .output()
+        .unwrap();
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("TRACE"), "trace logging was on: {out}");
+    no_secrets(&out);
+    let posts = mock.posts();
+    assert_eq!(posts.len(), 1, "{out}");
+    assert_eq!(posts[0].text, "Tom & Jerry at the harbour tonight");
+    assert!(mock.unsigned().is_empty(), "{:?}", mock.unsigned());
+    let list = env.ok(&["queue", "list", "b"]);
+    assert!(
+        list.contains("posted") && list.contains(&posts[0].id),
+        "{list}"
+    );
+    assert!(list.contains("live"), "{list}");
+    // Posted is final.
+    assert!(env.fail(&["post-now", &id]).contains("already posted"));
+    assert!(env.fail(&["queue", "remove", &id]).contains("posted"));
+    assert_eq!(mock.post_requests(), 1);
+}
+
+#[test]
+fn duplicates_are_refused_before_and_by_x() {
+    let mock = MockX::start();
+    let env = setup(&mock, true);
+    env.queue_id("b", "the same words twice");
+    let out = env.fail(&["queue", "add", "c", "the same words twice"]);
+    assert!(
+        out.contains("bot `b` already has this text queued"),
+        "{out}"
+    );
+    let long = "x".repeat(281);
+    assert!(env.fail(&["queue", "add", "c", &long]).contains("281"));
+    // X's own 403 duplicate: failed with the reason, nothing posted, nothing retried.
+    mock.script(&[Answer::Duplicate]);
+    let id = env.queue_id("c", "X thinks it has seen this");
+    let out = env.fail(&["post-now", &id]);
+    assert!(out.contains("duplicate"), "{out}");
+    let list = env.ok(&["queue", "list", "c"]);
+    assert!(
+        list.contains("failed") && list.contains("duplicate"),
+        "{list}"
+    );
+    assert_eq!(mock.posts().len(), 0);
+    // Retried by the user, it posts.
+    env.ok(&["queue", "retry", &id]);
+    env.ok(&["post-now", &id]);
+    assert_eq!(mock.posts().len(), 1);
+}
+
+#[test]
+fn queue_commands_order_and_remove() {
+    let mock = MockX::start();
+    let env = setup(&mock, true);
+    let a = env.queue_id("b", "one fish");
+    let b = env.queue_id("b", "two fish");
+    let c = env.queue_id("b", "red fish");
+    env.ok(&["queue", "move", &c, "1"]);
+    env.ok(&["queue", "remove", &a]);
+    let list = env.ok(&["queue", "list", "b"]);
+    let red = list.find("red fish").unwrap();
+    let two = list.find("two fish").unwrap();
+    assert!(red < two && !list.contains("one fish"), "{list}");
+    assert!(list.contains("posts a day") && list.contains("$"), "{list}");
+    let _ = b;
+    assert!(env
+        .fail(&["queue", "remove", "999"])
+        .contains("no queue entry 999"));
+}
+
+#[test]
+fn scheduler_waits_out_a_rate_limit_then_posts() {
+    let mock = MockX::start();
+    let env = setup(&mock, true);
+    env.queue_id("b", "patience is a kind of speed");
+    mock.script(&[Answer::RateLimited { reset_in_secs: 2 }]);
+    let started = Instant::now();
+    let d = env.daemon(None);
+    d.wait_for("the post", |l| l.contains("posted #"));
+    let log = d.stop();
+    assert!(log.contains("rate limited; waiting until"), "{log}");
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    assert_eq!(mock.posts().len(), 1);
+    assert_eq!(mock.post_requests(), 2);
+}
+
+#[test]
+fn scheduler_retries_a_server_error_after_checking_the_timeline() {
+    let mock = MockX::start();
+    let env = setup(&mock, true);
+    env.queue_id("b", "third time lucky");
+    mock.script(&[Answer::Unavailable, Answer::Unavailable]);
+    let d = env.daemon(None);
+    d.wait_for("the post", |l| l.contains("posted #"));
+    let log = d.stop();
+    assert_eq!(count(&log, "may or may not be posted"), 2, "{log}");
+    assert_eq!(
+        count(&log, "not on the timeline: sending it again"),
+        2,
+        "{log}"
+    );
+    assert_eq!(mock.posts().len(), 1);
+    assert_eq!(mock.post_requests(), 3);
+}
+
+#[test]
+fn a_lost_reply_is_found_on_the_timeline_not_sent_twice() {
+    let mock = MockX::start();
+    let env = setup(&mock, true);
+    env.queue_id("b", "did you get that?");
+    mock.script(&[Answer::CloseAfter]);
+    let d = env.daemon(None);
+    d.wait_for("the recovery", |l| l.contains("is on the timeline"));
+    let log = d.stop();
+    assert_eq!(mock.posts().len(), 1, "{log}");
+    assert_eq!(mock.post_requests(), 1, "{log}");
+    let list = env.ok(&["queue", "list", "b"]);
+    assert!(list.contains(&mock.posts()[0].id), "{list}");
+}
+
+/// Kill -9 at one step of a post, restart, and check every queued tweet is on X exactly once
+/// and recorded with its id.
+fn crash_at(step: &str) {
+    let mock = MockX::start();
+    let env = setup(&mock, true);
+    let texts = ["crash test one", "crash test two"];
+    for t in texts {
+        env.queue_id("b", t);
+    }
+    let d = match step {
+        "in-flight" => {
+            mock.script(&[Answer::HangBefore]);
+            let d = env.daemon(None);
+            d.wait_for("the request", |_| mock.post_requests() == 1);
+            d
+        }
+        "committed" => {
+            mock.script(&[Answer::HangAfter]);
+            let d = env.daemon(None);
+            d.wait_for("the request", |_| mock.posts().len() == 1);
+            d
+        }
+        hook => {
+            let d = env.daemon(Some(hook));
+            d.wait_for("the hold", |l| l.contains("holding at"));
+            d
+        }
+    };
+    let before = d.kill9();
+    let d = env.daemon(None);
+    d.wait_for("both posts", |_| {
+        env.ok(&["queue", "list", "b"]).matches(" posted ").count() == 2
+    });
+    let after = d.stop();
+    let posts = mock.posts();
+    for t in texts {
+        assert_eq!(
+            posts.iter().filter(|p| p.text == t).count(),
+            1,
+            "step {step}: `{t}` posted {:?}\nbefore:\n{before}\nafter:\n{after}",
+            posts
+        );
+    }
+    let list = env.ok(&["queue", "list", "b"]);
+    for p in &posts {
+        assert!(list.contains(&p.id), "step {step}: {list}");
+    }
+    assert!(mock.unsigned().is_empty(), "{:?}", mock.unsigned());
+}
+
+#[test]
+fn kill_9_after_claiming() {
+    crash_at("claimed");
+}
+
+#[test]
+fn kill_9_while_the_request_is_in_flight() {
+    crash_at("in-flight");
+}
+
+#[test]
+fn kill_9_after_x_committed_but_before_the_answer() {
+    crash_at("committed");
+}
+
+#[test]
+fn kill_9_after_the_answer_before_recording() {
+    crash_at("answered");
+}
+
+#[test]
+fn kill_9_after_recording() {
+    crash_at("recorded");
+}
+
+#[test]
+fn without_credentials_or_with_dry_run_posts_go_to_the_outbox() {
+    let mock = MockX::start();
+    let env = setup(&mock, false);
+    env.queue_id("b", "only a rehearsal");
+    let list = env.ok(&["queue", "list", "b"]);
+    assert!(
+        list.contains("dry run") && list.contains("aviary auth b"),
+        "{list}"
+    );
+    let d = env.daemon(None);
+    d.wait_for("the post", |l| l.contains("posted #"));
+    let log = d.stop();
+    assert!(log.contains("dry run"), "{log}");
+    let outbox = std::fs::read_to_string(env.home.path().join("outbox.jsonl")).unwrap();
+    assert!(outbox.contains("only a rehearsal"), "{outbox}");
+    // With credentials, --dry-run still keeps it off X.
+    write_credentials(&env, true, 0o600);
+    let id = env.queue_id("c", "still a rehearsal");
+    env.ok(&["post-now", "--dry-run", &id]);
+    assert_eq!(mock.post_requests(), 0);
+    let outbox = std::fs::read_to_string(env.home.path().join("outbox.jsonl")).unwrap();
+    assert!(outbox.contains("still a rehearsal"));
+}
+
+#[test]
+fn a_day_of_slots_with_jitter_and_a_cap() {
+    let mock = MockX::start();
+    let env = setup(&mock, false);
+    env.ok(&[
+        "schedule",
+        "set",
+        "b",
+        "slots=08:00,12:00,16:00,20:00",
+        "every=",
+        "jitter=15m",
+        "daily_cap=3",
+        "quiet=19:00-07:00",
+        "timezone=Europe/Berlin",
+    ]);
+    let out = env.ok(&["schedule", "show", "b", "--date", "2026-11-28"]);
+    let times: Vec<&str> = out
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().nth(1).unwrap())
+        .collect();
+    assert_eq!(times.len(), 3, "{out}");
+    for (t, base) in times.iter().zip([8 * 60, 12 * 60, 16 * 60]) {
+        let (h, m) = t[..5].split_once(':').unwrap();
+        let mins: i32 = h.parse::<i32>().unwrap() * 60 + m.parse::<i32>().unwrap();
+        assert!(
+            (mins - base).abs() <= 15,
+            "{t} is not within 15 min of {base}: {out}"
+        );
+    }
+    assert!(env
+        .fail(&["schedule", "set", "b", "timezone=Mars/Base"])
+        .contains("Mars/Base"));
+}
+
+#[test]
+fn import_fetch_reads_the_timeline_pages() {
+    let mock = MockX::start();
+    let env = setup(&mock, true);
+    {
+        let mut s = mock.state.lock().unwrap();
+        for i in 0..250 {
+            s.other_timeline.push((
+                format!("{}", 9000 - i),
+                format!("fetched tweet number {i} about boats"),
+            ));
+        }
+    }
+    let out = env.ok(&["import", "b", "--fetch", "@sailor", "--max", "120"]);
+    assert!(out.contains("fetched 120 tweets of @sailor"), "{out}");
+    assert!(out.contains("more are available"), "{out}");
+    let show = env.ok(&["bot", "show", "b"]);
+    assert!(show.contains("120"), "{show}");
+    assert!(mock.unsigned().is_empty(), "{:?}", mock.unsigned());
+    // Without credentials: a message, nothing fetched.
+    let env2 = setup(&mock, false);
+    assert!(env2
+        .fail(&["import", "b", "--fetch", "sailor"])
+        .contains("aviary auth b"));
+}
+
+#[test]
+fn approving_a_candidate_queues_it_and_rejecting_takes_it_out() {
+    let mock = MockX::start();
+    let env = setup(&mock, true);
+    env.ok(&["generate", "--bot", "b", "-n", "2", "--seed", "3"]);
+    let listed = env.ok(&["candidates", "b"]);
+    let ids: Vec<String> = listed
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix('#').or(Some(l.trim_start())))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.chars().all(|c| c.is_ascii_digit()) && !w.is_empty())
+        .map(str::to_string)
+        .collect();
+    assert!(ids.len() >= 2, "{listed}");
+    env.ok(&["candidates", "b", "--approve", &ids[0]]);
+    env.ok(&["candidates", "b", "--edit", &ids[1], "an edited candidate"]);
+    let q = env.ok(&["queue", "list", "b"]);
+    assert_eq!(q.matches(" queued ").count(), 2, "{q}");
+    assert!(q.contains("an edited candidate"), "{q}");
+    env.ok(&["candidates", "b", "--reject", &ids[1]]);
+    let q = env.ok(&["queue", "list", "b"]);
+    assert_eq!(q.matches(" queued ").count(), 1, "{q}");
+    assert!(!q.contains("an edited candidate"), "{q}");
+}
