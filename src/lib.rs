@@ -17,6 +17,7 @@ pub mod model;
 pub mod schedule;
 pub mod store;
 pub mod train;
+pub mod tui;
 pub mod twitter;
 
 pub use error::{Error, Result};

@@ -8,6 +8,7 @@ pub mod candidates;
 pub mod config;
 pub mod fetch;
 pub mod home;
+pub mod overview;
 pub mod posting;
 pub mod search;
 pub mod training;

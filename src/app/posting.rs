@@ -891,6 +891,14 @@ pub fn run_scheduler(
         let (mut p, mode) = poster(setup, store, bot, now)?;
         if !p.enabled {
             p.stopped = true;
+            on(PostEvent::BotStopped {
+                why: format!(
+                    "its schedule is off (`aviary schedule set {} enabled=true`)",
+                    p.bot.name
+                ),
+                bot: p.bot.name.clone(),
+            });
+            continue;
         }
         let next = p.plan.next_slot(p.anchor, |d| {
             posted_on_day(store, &p.bot, &p.plan, d).unwrap_or(0)

@@ -34,9 +34,9 @@ pub struct Cli {
     /// Log what happens (to stderr).
     #[arg(long, global = true)]
     pub debug: bool,
-    /// What to do.
+    /// What to do (none: open the terminal UI).
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 /// The subcommands.
@@ -353,15 +353,26 @@ pub fn run() -> Result<()> {
     } else {
         "aviary=warn"
     };
+    let tui = cli.command.is_none();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| filter.into()),
         )
-        .with_writer(std::io::stderr)
+        // Log lines on stderr would tear the TUI's screen.
+        .with_writer(move || -> Box<dyn std::io::Write> {
+            if tui {
+                Box::new(std::io::sink())
+            } else {
+                Box::new(std::io::stderr())
+            }
+        })
         .init();
     let config = Config::load(cli.config.as_deref())?;
     let home = || Home::resolve(cli.home.clone());
-    match cli.command {
+    let Some(command) = cli.command else {
+        return crate::tui::run(home()?, config);
+    };
+    match command {
         Command::Bot(a) => bots::bot(&config, &home()?, a),
         Command::Import(a) => bots::import(&config, &home()?, a),
         Command::Train(a) => train(&config, home, a),

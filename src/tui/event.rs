@@ -1,0 +1,172 @@
+//! Work that runs off the UI thread (fine-tuning, generating, importing, posting) and the
+//! events it sends back. Each job opens its own connection to the store; the UI thread
+//! applies the events to the state and redraws, so it never waits for a job.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::{self, Sender};
+use std::sync::Arc;
+
+use crate::app::training::Init;
+use crate::app::{
+    self, Config, GenerateRequest, Home, TrainData, TrainEvent, TrainOverrides, TrainRequest,
+};
+use crate::schedule::SystemClock;
+
+/// What a background job reports.
+#[derive(Debug)]
+pub enum AppEvent {
+    /// Progress of the fine-tune.
+    Train(TrainEvent),
+    /// The fine-tune ended: how, or why it failed.
+    TrainDone(Result<String, String>),
+    /// A generation ended: how many candidates were kept.
+    Generated(Result<usize, String>),
+    /// An import ended: a summary.
+    Imported(Result<String, String>),
+    /// A post-now ended: what became of the entry.
+    Posted(Result<String, String>),
+}
+
+fn words(e: crate::Error) -> String {
+    e.to_string().replace("\nHINT: ", " — ").replace('\n', " ")
+}
+
+/// Fine-tunes bot `bot` (resuming with `restore`, starting over with `replace`).
+pub fn train(
+    home: Home,
+    config: Config,
+    bot: String,
+    restore: bool,
+    cancel: Arc<AtomicBool>,
+    tx: Sender<AppEvent>,
+) {
+    std::thread::spawn(move || {
+        let (ttx, trx) = mpsc::channel();
+        let fwd = tx.clone();
+        let forward = std::thread::spawn(move || {
+            for ev in trx {
+                if fwd.send(AppEvent::Train(ev)).is_err() {
+                    break;
+                }
+            }
+        });
+        let req = TrainRequest {
+            data: TrainData::Bot { home, name: bot },
+            init: Init::Pretrained(None),
+            checkpoint_dir: None,
+            restore,
+            replace: !restore,
+            trial: false,
+            overrides: TrainOverrides::default(),
+            device: None,
+        };
+        // `app::train` applies [finetune] itself, as for `aviary finetune`.
+        let result = app::train(&config, &req, &ttx, &cancel);
+        drop(ttx);
+        let _ = forward.join();
+        let _ = tx.send(AppEvent::TrainDone(
+            result
+                .map(|o| {
+                    format!(
+                        "{:?} at step {}; best validation loss {}",
+                        o.reason,
+                        o.steps,
+                        o.best_val_loss
+                            .map(|b| format!("{b:.4}"))
+                            .unwrap_or("-".into())
+                    )
+                })
+                .map_err(words),
+        ));
+    });
+}
+
+/// Generates `n` candidates for bot `bot`.
+pub fn generate(
+    home: Home,
+    config: Config,
+    bot: String,
+    temperature: f64,
+    prime: String,
+    tx: Sender<AppEvent>,
+) {
+    std::thread::spawn(move || {
+        let r = home.open_store().and_then(|mut store| {
+            let req = GenerateRequest {
+                checkpoint: None,
+                n: 10,
+                temperature: Some(temperature),
+                top_k: None,
+                top_p: None,
+                prime,
+                seed: None,
+            };
+            app::candidates::generate_for_bot(&config, &mut store, &bot, &req)
+        });
+        let _ = tx.send(AppEvent::Generated(r.map(|b| b.kept.len()).map_err(words)));
+    });
+}
+
+/// Imports a file, or fetches an @handle, into bot `bot`.
+pub fn import(home: Home, config: Config, bot: String, source: String, tx: Sender<AppEvent>) {
+    std::thread::spawn(move || {
+        let r = home.open_store().and_then(|mut store| {
+            if let Some(handle) = source.strip_prefix('@') {
+                let setup = app::posting::PostingSetup {
+                    home: &home,
+                    config: &config,
+                    force_dry_run: false,
+                };
+                let f = app::fetch::fetch(&setup, &mut store, &bot, handle, 3200)?;
+                Ok(format!(
+                    "fetched {} tweets of @{handle} into {bot}: {} kept",
+                    f.fetched, f.report.kept
+                ))
+            } else {
+                let report = app::bots::import(
+                    &mut store,
+                    &app::ImportRequest {
+                        bot: bot.clone(),
+                        paths: vec![PathBuf::from(shellish(&source))],
+                        format: None,
+                    },
+                )?;
+                Ok(format!(
+                    "imported {} into {bot}: {} tweets kept",
+                    report.files_summary(),
+                    report.kept
+                ))
+            }
+        });
+        let _ = tx.send(AppEvent::Imported(r.map_err(words)));
+    });
+}
+
+/// A typed path with `~` expanded and quotes dropped.
+fn shellish(s: &str) -> String {
+    let s = s.trim().trim_matches(|c| c == '"' || c == '\'');
+    match (s.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(h)) => PathBuf::from(h).join(rest).display().to_string(),
+        _ => s.to_string(),
+    }
+}
+
+/// Posts queue entry `id` now.
+pub fn post_now(home: Home, config: Config, id: i64, tx: Sender<AppEvent>) {
+    std::thread::spawn(move || {
+        let r = home.open_store().and_then(|mut store| {
+            let setup = app::posting::PostingSetup {
+                home: &home,
+                config: &config,
+                force_dry_run: false,
+            };
+            let mut last = String::new();
+            let e = app::posting::post_now(&setup, &mut store, id, &SystemClock, &mut |ev| {
+                last = ev.to_string()
+            })?;
+            Ok(format!("#{id} {}: {last}", e.status))
+        });
+        let _ = tx.send(AppEvent::Posted(r.map_err(words)));
+    });
+}

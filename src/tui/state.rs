@@ -1,0 +1,189 @@
+//! What the screen shows, as plain data: the draw functions read it, the event handlers
+//! change it, and tests build it by hand to snapshot each pane.
+
+use crate::app::overview::BotOverview;
+use crate::store::{CandidateRow, QueueRow};
+
+use super::keymap::Pane;
+
+/// Progress of a fine-tune, from the engine's events.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TrainingView {
+    /// The bot being trained.
+    pub bot: String,
+    /// Whether it still runs.
+    pub running: bool,
+    /// Whether a stop was asked for.
+    pub stopping: bool,
+    /// Step done / in all.
+    pub step: u64,
+    /// Steps in all.
+    pub total_steps: u64,
+    /// Steps per epoch.
+    pub steps_per_epoch: u64,
+    /// Epoch (0-based).
+    pub epoch: u64,
+    /// Batches done in this epoch.
+    pub batch_in_epoch: u64,
+    /// Training losses, one per step shown (newest last).
+    pub losses: Vec<f64>,
+    /// Validation losses (newest last).
+    pub val_losses: Vec<f64>,
+    /// Best validation loss.
+    pub best_val: Option<f64>,
+    /// Characters per second.
+    pub chars_per_s: f64,
+    /// Seconds left.
+    pub eta_s: f64,
+    /// What it runs on ("cpu (4 threads)", "cuda:0").
+    pub device: String,
+    /// How it ended, once it has.
+    pub outcome: Option<String>,
+}
+
+/// A text being typed: a prompt at the bottom, or the candidate editor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Input {
+    /// What it is for.
+    pub purpose: InputPurpose,
+    /// The question shown.
+    pub prompt: String,
+    /// The text so far.
+    pub text: String,
+    /// Most characters allowed (the editor's 280).
+    pub limit: Option<usize>,
+}
+
+/// What a finished input does.
+#[derive(Clone, Debug, PartialEq)]
+pub enum InputPurpose {
+    /// The new bot's name.
+    NewBotName,
+    /// Where the new bot's tweets come from.
+    NewBotSource(String),
+    /// More tweets for the selected bot.
+    ImportSource,
+    /// The priming text.
+    Prime,
+    /// The new text of candidate `id`.
+    EditCandidate(i64),
+}
+
+/// A yes/no question.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Confirm {
+    /// Delete this bot.
+    DeleteBot(String),
+    /// Quit while training runs.
+    QuitWhileTraining,
+    /// Fine-tune again from the base model, replacing the bot's model.
+    Retrain(String),
+}
+
+/// Everything on screen.
+#[derive(Clone, Debug, PartialEq)]
+pub struct State {
+    /// The pane shown.
+    pub pane: Pane,
+    /// Every bot.
+    pub bots: Vec<BotOverview>,
+    /// The selected bot's index.
+    pub bot_sel: usize,
+    /// Fine-tuning, if one ran in this session.
+    pub training: Option<TrainingView>,
+    /// The selected bot's candidates, newest first.
+    pub candidates: Vec<CandidateRow>,
+    /// The selected candidate's index.
+    pub cand_sel: usize,
+    /// Whether a generation runs.
+    pub generating: bool,
+    /// Sampling temperature.
+    pub temperature: f64,
+    /// Priming text.
+    pub prime: String,
+    /// The selected bot's queue.
+    pub queue: Vec<QueueRow>,
+    /// The selected queue entry's index.
+    pub queue_sel: usize,
+    /// Where the selected bot's posts go, and how the scheduler runs.
+    pub posting_line: String,
+    /// The help overlay is shown.
+    pub help: bool,
+    /// Text being typed.
+    pub input: Option<Input>,
+    /// A question waiting for y/n.
+    pub confirm: Option<Confirm>,
+    /// The last message (errors in words).
+    pub status: String,
+    /// Whether the status is an error.
+    pub status_is_error: bool,
+    /// Work running in the background, in words ("importing…").
+    pub busy: Option<String>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            pane: Pane::Bots,
+            bots: Vec::new(),
+            bot_sel: 0,
+            training: None,
+            candidates: Vec::new(),
+            cand_sel: 0,
+            generating: false,
+            temperature: 0.8,
+            prime: String::new(),
+            queue: Vec::new(),
+            queue_sel: 0,
+            posting_line: String::new(),
+            help: false,
+            input: None,
+            confirm: None,
+            status: String::new(),
+            status_is_error: false,
+            busy: None,
+        }
+    }
+}
+
+impl State {
+    /// The selected bot.
+    pub fn bot(&self) -> Option<&BotOverview> {
+        self.bots.get(self.bot_sel)
+    }
+
+    /// The selected candidate.
+    pub fn candidate(&self) -> Option<&CandidateRow> {
+        self.candidates.get(self.cand_sel)
+    }
+
+    /// The selected queue entry.
+    pub fn queue_entry(&self) -> Option<&QueueRow> {
+        self.queue.get(self.queue_sel)
+    }
+
+    /// Whether fine-tuning runs now.
+    pub fn training_runs(&self) -> bool {
+        self.training.as_ref().is_some_and(|t| t.running)
+    }
+
+    /// Shows a message.
+    pub fn say(&mut self, msg: impl Into<String>) {
+        self.status = msg.into();
+        self.status_is_error = false;
+    }
+
+    /// Shows an error, in words, on one line.
+    pub fn error(&mut self, msg: impl std::fmt::Display) {
+        self.status = msg.to_string().replace("\nHINT: ", " — ").replace('\n', " ");
+        self.status_is_error = true;
+    }
+
+    /// Keeps the selections inside their lists.
+    pub fn clamp(&mut self) {
+        let fix = |sel: &mut usize, len: usize| *sel = (*sel).min(len.saturating_sub(1));
+        fix(&mut self.bot_sel, self.bots.len());
+        fix(&mut self.cand_sel, self.candidates.len());
+        fix(&mut self.queue_sel, self.queue.len());
+    }
+}
