@@ -42,15 +42,18 @@ pub struct BotOverview {
 }
 
 /// Every bot at a glance, by name.
-pub fn overview(setup: &PostingSetup, store: &Store, clock: &dyn Clock) -> Result<Vec<BotOverview>> {
+pub fn overview(
+    setup: &PostingSetup,
+    store: &Store,
+    clock: &dyn Clock,
+) -> Result<Vec<BotOverview>> {
     let queues = posting::summary(setup, store, None, clock)?;
     let mut out = Vec::new();
     for ((bot, counts), q) in bots::list_bots(store)?.into_iter().zip(queues) {
         let runs = store.runs(bot.id)?;
-        let model_run = runs
-            .iter()
-            .rev()
-            .find(|r| Some(&r.checkpoint_dir) == bot.active_checkpoint.as_ref() && r.kind != "search");
+        let model_run = runs.iter().rev().find(|r| {
+            Some(&r.checkpoint_dir) == bot.active_checkpoint.as_ref() && r.kind != "search"
+        });
         let last = runs.iter().rev().find(|r| r.kind != "search");
         out.push(BotOverview {
             name: bot.name.clone(),
@@ -64,7 +67,11 @@ pub fn overview(setup: &PostingSetup, store: &Store, clock: &dyn Clock) -> Resul
                 .iter()
                 .filter(|e| e.status == QueueStatus::Queued)
                 .count(),
-            next_post: if q.enabled { q.planned.first().copied() } else { None },
+            next_post: if q.enabled {
+                q.planned.first().copied()
+            } else {
+                None
+            },
             mode: q.mode,
         });
     }

@@ -127,34 +127,202 @@ use Pane::*;
 
 /// The keymap. Earlier entries win; pane-specific ones are listed before global ones.
 pub const KEYMAP: &[Binding] = &[
-    key(Some(Bots), KeyCode::Enter, Action::Open, "Enter", "open the bot's training pane", None),
-    key(Some(Bots), KeyCode::Char('n'), Action::NewBot, "n", "new bot (name, then a file or @handle)", Some("bot new NAME")),
-    key(Some(Bots), KeyCode::Char('i'), Action::Import, "i", "import more tweets (file or @handle)", Some("import NAME FILE")),
-    key(Some(Bots), KeyCode::Char('d'), Action::DeleteBot, "d", "delete the bot (asks first)", Some("bot remove NAME --yes")),
-    key(Some(Training), KeyCode::Char('t'), Action::StartTraining, "t", "start or resume fine-tuning", Some("finetune NAME")),
-    key(Some(Training), KeyCode::Char('s'), Action::StopTraining, "s", "stop fine-tuning (saved, resumable)", None),
-    key(Some(Generation), KeyCode::Char('g'), Action::Generate, "g", "generate more candidates", Some("generate --bot NAME")),
-    key(Some(Generation), KeyCode::Char('+'), Action::Hotter, "+", "temperature up", None),
-    key(Some(Generation), KeyCode::Char('-'), Action::Colder, "-", "temperature down", None),
-    key(Some(Generation), KeyCode::Char('p'), Action::Prime, "p", "priming text", None),
-    key(Some(Generation), KeyCode::Char('a'), Action::Approve, "a", "approve (queues it)", Some("candidates NAME --approve 1")),
-    key(Some(Generation), KeyCode::Char('x'), Action::Reject, "x", "reject", Some("candidates NAME --reject 1")),
-    key(Some(Generation), KeyCode::Char('e'), Action::Edit, "e", "edit the text (280 at most)", Some("candidates NAME --edit 1 TEXT")),
-    key(Some(Generation), KeyCode::Char('u'), Action::Undo, "u", "undo the last review", Some("candidates NAME --reset 1")),
-    key(Some(Queue), KeyCode::Char('K'), Action::MoveUp, "K", "move the entry up", Some("queue move 1 1")),
-    key(Some(Queue), KeyCode::Char('J'), Action::MoveDown, "J", "move the entry down", Some("queue move 1 2")),
-    key(Some(Queue), KeyCode::Char('r'), Action::Remove, "r", "remove the entry", Some("queue remove 1")),
-    key(Some(Queue), KeyCode::Char('P'), Action::PostNow, "P", "post the entry now", Some("post-now 1")),
+    key(
+        Some(Bots),
+        KeyCode::Enter,
+        Action::Open,
+        "Enter",
+        "open the bot's training pane",
+        None,
+    ),
+    key(
+        Some(Bots),
+        KeyCode::Char('n'),
+        Action::NewBot,
+        "n",
+        "new bot (name, then tweets)",
+        Some("bot new NAME"),
+    ),
+    key(
+        Some(Bots),
+        KeyCode::Char('i'),
+        Action::Import,
+        "i",
+        "import tweets (file, @handle)",
+        Some("import NAME FILE"),
+    ),
+    key(
+        Some(Bots),
+        KeyCode::Char('d'),
+        Action::DeleteBot,
+        "d",
+        "delete the bot (asks first)",
+        Some("bot remove NAME --yes"),
+    ),
+    key(
+        Some(Training),
+        KeyCode::Char('t'),
+        Action::StartTraining,
+        "t",
+        "start or resume fine-tuning",
+        Some("finetune NAME"),
+    ),
+    key(
+        Some(Training),
+        KeyCode::Char('s'),
+        Action::StopTraining,
+        "s",
+        "stop (saved, resumable)",
+        None,
+    ),
+    key(
+        Some(Generation),
+        KeyCode::Char('g'),
+        Action::Generate,
+        "g",
+        "generate more candidates",
+        Some("generate --bot NAME"),
+    ),
+    key(
+        Some(Generation),
+        KeyCode::Char('+'),
+        Action::Hotter,
+        "+",
+        "temperature up",
+        None,
+    ),
+    key(
+        Some(Generation),
+        KeyCode::Char('-'),
+        Action::Colder,
+        "-",
+        "temperature down",
+        None,
+    ),
+    key(
+        Some(Generation),
+        KeyCode::Char('p'),
+        Action::Prime,
+        "p",
+        "priming text",
+        None,
+    ),
+    key(
+        Some(Generation),
+        KeyCode::Char('a'),
+        Action::Approve,
+        "a",
+        "approve (queues it)",
+        Some("candidates NAME --approve 1"),
+    ),
+    key(
+        Some(Generation),
+        KeyCode::Char('x'),
+        Action::Reject,
+        "x",
+        "reject",
+        Some("candidates NAME --reject 1"),
+    ),
+    key(
+        Some(Generation),
+        KeyCode::Char('e'),
+        Action::Edit,
+        "e",
+        "edit the text (280 at most)",
+        Some("candidates NAME --edit 1 TEXT"),
+    ),
+    key(
+        Some(Generation),
+        KeyCode::Char('u'),
+        Action::Undo,
+        "u",
+        "undo the last review",
+        Some("candidates NAME --reset 1"),
+    ),
+    key(
+        Some(Queue),
+        KeyCode::Char('K'),
+        Action::MoveUp,
+        "K",
+        "move the entry up",
+        Some("queue move 1 1"),
+    ),
+    key(
+        Some(Queue),
+        KeyCode::Char('J'),
+        Action::MoveDown,
+        "J",
+        "move the entry down",
+        Some("queue move 1 2"),
+    ),
+    key(
+        Some(Queue),
+        KeyCode::Char('r'),
+        Action::Remove,
+        "r",
+        "remove the entry",
+        Some("queue remove 1"),
+    ),
+    key(
+        Some(Queue),
+        KeyCode::Char('P'),
+        Action::PostNow,
+        "P",
+        "post the entry now",
+        Some("post-now 1"),
+    ),
     key(None, KeyCode::Char('j'), Action::Down, "j/↓", "down", None),
     key(None, KeyCode::Down, Action::Down, "↓", "down", None),
     key(None, KeyCode::Char('k'), Action::Up, "k/↑", "up", None),
     key(None, KeyCode::Up, Action::Up, "↑", "up", None),
-    key(None, KeyCode::Tab, Action::NextPane, "Tab", "next pane", None),
-    key(None, KeyCode::BackTab, Action::PrevPane, "S-Tab", "previous pane", None),
-    key(None, KeyCode::Char('1'), Action::GoTo(Bots), "1", "bots", None),
-    key(None, KeyCode::Char('2'), Action::GoTo(Training), "2", "training", None),
-    key(None, KeyCode::Char('3'), Action::GoTo(Generation), "3", "generation", None),
-    key(None, KeyCode::Char('4'), Action::GoTo(Queue), "4", "queue", None),
+    key(
+        None,
+        KeyCode::Tab,
+        Action::NextPane,
+        "Tab",
+        "next pane",
+        None,
+    ),
+    key(
+        None,
+        KeyCode::BackTab,
+        Action::PrevPane,
+        "S-Tab",
+        "previous pane",
+        None,
+    ),
+    key(
+        None,
+        KeyCode::Char('1'),
+        Action::GoTo(Bots),
+        "1",
+        "bots",
+        None,
+    ),
+    key(
+        None,
+        KeyCode::Char('2'),
+        Action::GoTo(Training),
+        "2",
+        "training",
+        None,
+    ),
+    key(
+        None,
+        KeyCode::Char('3'),
+        Action::GoTo(Generation),
+        "3",
+        "generation",
+        None,
+    ),
+    key(
+        None,
+        KeyCode::Char('4'),
+        Action::GoTo(Queue),
+        "4",
+        "queue",
+        None,
+    ),
     key(None, KeyCode::Char('?'), Action::Help, "?", "help", None),
     key(None, KeyCode::Char('q'), Action::Quit, "q", "quit", None),
 ];
@@ -196,7 +364,13 @@ pub fn hints(pane: Pane) -> String {
     let mut parts: Vec<String> = KEYMAP
         .iter()
         .filter(|b| b.pane == Some(pane))
-        .map(|b| format!("{} {}", b.label, b.help.split([' ', '(']).next().unwrap_or("")))
+        .map(|b| {
+            format!(
+                "{} {}",
+                b.label,
+                b.help.split([' ', '(']).next().unwrap_or("")
+            )
+        })
         .collect();
     parts.push("? help".into());
     parts.push("q quit".into());
@@ -224,7 +398,11 @@ mod tests {
         for pane in Pane::ALL {
             let mut seen = std::collections::HashSet::new();
             for b in KEYMAP.iter().filter(|b| b.pane.is_none_or(|p| p == pane)) {
-                assert!(seen.insert((b.code, b.mods)), "{:?} twice in {pane:?}", b.code);
+                assert!(
+                    seen.insert((b.code, b.mods)),
+                    "{:?} twice in {pane:?}",
+                    b.code
+                );
             }
         }
     }
@@ -232,8 +410,15 @@ mod tests {
     #[test]
     fn help_lists_every_action() {
         let help = help_lines();
-        for b in KEYMAP.iter().filter(|b| !matches!(b.code, KeyCode::Down | KeyCode::Up)) {
-            assert!(help.iter().any(|(_, l, h)| *l == b.label && *h == b.help), "{}", b.label);
+        for b in KEYMAP
+            .iter()
+            .filter(|b| !matches!(b.code, KeyCode::Down | KeyCode::Up))
+        {
+            assert!(
+                help.iter().any(|(_, l, h)| *l == b.label && *h == b.help),
+                "{}",
+                b.label
+            );
         }
     }
 

@@ -134,7 +134,10 @@ impl App {
             return self.on_confirm_key(k, c);
         }
         if self.state.help {
-            if matches!(k.code, KeyCode::Char('?') | KeyCode::Esc | KeyCode::Char('q')) {
+            if matches!(
+                k.code,
+                KeyCode::Char('?') | KeyCode::Esc | KeyCode::Char('q')
+            ) {
                 self.state.help = false;
             }
             return;
@@ -165,7 +168,11 @@ impl App {
             Action::NextPane | Action::PrevPane => {
                 let i = Pane::ALL.iter().position(|p| *p == s.pane).unwrap_or(0);
                 let n = Pane::ALL.len();
-                let j = if action == Action::NextPane { i + 1 } else { i + n - 1 } % n;
+                let j = if action == Action::NextPane {
+                    i + 1
+                } else {
+                    i + n - 1
+                } % n;
                 s.pane = Pane::ALL[j];
             }
             Action::GoTo(p) => s.pane = p,
@@ -286,7 +293,9 @@ impl App {
                 _ => s.say("nothing to undo"),
             },
             Action::MoveUp | Action::MoveDown => {
-                let Some(e) = s.queue_entry().cloned() else { return };
+                let Some(e) = s.queue_entry().cloned() else {
+                    return;
+                };
                 let queued: Vec<i64> = s
                     .queue
                     .iter()
@@ -310,7 +319,9 @@ impl App {
                 }
             }
             Action::Remove => {
-                let Some(e) = s.queue_entry().cloned() else { return };
+                let Some(e) = s.queue_entry().cloned() else {
+                    return;
+                };
                 self.attempt(|a| {
                     posting::remove(&mut a.store, e.id)?;
                     a.state.say(format!("removed #{} from the queue", e.id));
@@ -318,16 +329,27 @@ impl App {
                 });
             }
             Action::PostNow => {
-                let Some(e) = s.queue_entry().cloned() else { return };
+                let Some(e) = s.queue_entry().cloned() else {
+                    return;
+                };
                 s.busy = Some(format!("posting #{}", e.id));
-                event::post_now(self.home.clone(), self.config.clone(), e.id, self.tx.clone());
+                event::post_now(
+                    self.home.clone(),
+                    self.config.clone(),
+                    e.id,
+                    self.tx.clone(),
+                );
             }
         }
     }
 
     fn review(&mut self, r: Review) {
-        let Some(bot) = self.state.bot().map(|b| b.name.clone()) else { return };
-        let Some(c) = self.state.candidate().cloned() else { return };
+        let Some(bot) = self.state.bot().map(|b| b.name.clone()) else {
+            return;
+        };
+        let Some(c) = self.state.candidate().cloned() else {
+            return;
+        };
         let back = match c.status.as_str() {
             "approved" => Review::Approve,
             "rejected" => Review::Reject,
@@ -354,7 +376,10 @@ impl App {
         let s = &mut self.state;
         let Some(b) = s.bot().cloned() else { return };
         if let Some(t) = s.training.as_ref().filter(|t| t.running) {
-            return s.say(format!("{} is training; one fine-tune runs at a time", t.bot));
+            return s.say(format!(
+                "{} is training; one fine-tune runs at a time",
+                t.bot
+            ));
         }
         if b.fine_tuned && !b.resumable && !confirmed {
             s.confirm = Some(Confirm::Retrain(b.name));
@@ -405,7 +430,8 @@ impl App {
                             t.stopping = true;
                         }
                         self.quit_after_training = true;
-                        self.state.say("stopping the fine-tune (saved, resumable), then quitting…");
+                        self.state
+                            .say("stopping the fine-tune (saved, resumable), then quitting…");
                     }
                     Confirm::Retrain(_) => self.start_training(true),
                 }
@@ -416,7 +442,9 @@ impl App {
     }
 
     fn on_input_key(&mut self, k: KeyEvent) {
-        let Some(input) = self.state.input.as_mut() else { return };
+        let Some(input) = self.state.input.as_mut() else {
+            return;
+        };
         match k.code {
             KeyCode::Esc => self.state.input = None,
             KeyCode::Backspace => {
@@ -442,7 +470,9 @@ impl App {
                     app::bots::new_bot(&mut a.store, &a.config, &text, None)?;
                     a.state.input = Some(Input {
                         purpose: InputPurpose::NewBotSource(text.clone()),
-                        prompt: format!("Tweets for {text}: a file, archive or @handle (Enter: later)"),
+                        prompt: format!(
+                            "Tweets for {text}: a file, archive or @handle (Enter: later)"
+                        ),
                         text: String::new(),
                         limit: None,
                     });
@@ -460,7 +490,9 @@ impl App {
             }
             InputPurpose::Prime => self.state.prime = input.text,
             InputPurpose::EditCandidate(id) => {
-                let Some(bot) = self.state.bot().map(|b| b.name.clone()) else { return };
+                let Some(bot) = self.state.bot().map(|b| b.name.clone()) else {
+                    return;
+                };
                 if let Some(i) = self.state.candidates.iter().position(|c| c.id == id) {
                     self.state.cand_sel = i;
                 }
@@ -472,10 +504,18 @@ impl App {
 
     fn start_import(&mut self, bot: String, source: String) {
         if source.is_empty() {
-            return self.state.say(format!("{bot} has no tweets yet: press i to import later"));
+            return self
+                .state
+                .say(format!("{bot} has no tweets yet: press i to import later"));
         }
         self.state.busy = Some(format!("importing {source} into {bot}"));
-        event::import(self.home.clone(), self.config.clone(), bot, source, self.tx.clone());
+        event::import(
+            self.home.clone(),
+            self.config.clone(),
+            bot,
+            source,
+            self.tx.clone(),
+        );
     }
 
     /// Applies one job event.

@@ -175,7 +175,10 @@ impl State {
 
     /// Shows an error, in words, on one line.
     pub fn error(&mut self, msg: impl std::fmt::Display) {
-        self.status = msg.to_string().replace("\nHINT: ", " — ").replace('\n', " ");
+        self.status = msg
+            .to_string()
+            .replace("\nHINT: ", " — ")
+            .replace('\n', " ");
         self.status_is_error = true;
     }
 

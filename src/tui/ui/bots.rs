@@ -15,8 +15,10 @@ pub fn draw(f: &mut Frame, area: Rect, s: &State) {
     let block = Block::bordered().title(" Bots ");
     if s.bots.is_empty() {
         f.render_widget(
-            Paragraph::new("No bots yet. Press n to create one from an archive, a file or @handle.")
-                .block(block),
+            Paragraph::new(
+                "No bots yet. Press n to create one from an archive, a file or @handle.",
+            )
+            .block(block),
             area,
         );
         return;
@@ -39,10 +41,15 @@ pub fn draw(f: &mut Frame, area: Rect, s: &State) {
         };
         Row::new(vec![
             b.name.clone(),
-            b.handle.as_ref().map(|h| format!("@{h}")).unwrap_or_default(),
+            b.handle
+                .as_ref()
+                .map(|h| format!("@{h}"))
+                .unwrap_or_default(),
             b.kept.to_string(),
             model,
-            b.best_val_loss.map(|v| format!("{v:.4}")).unwrap_or("-".into()),
+            b.best_val_loss
+                .map(|v| format!("{v:.4}"))
+                .unwrap_or("-".into()),
             b.queued.to_string(),
             next,
         ])
@@ -60,10 +67,19 @@ pub fn draw(f: &mut Frame, area: Rect, s: &State) {
         ],
     )
     .header(
-        Row::new(["Bot", "Handle", "Tweets", "Model", "Val loss", "Queue", "Next post"])
-            .style(Style::new().add_modifier(Modifier::BOLD)),
+        Row::new([
+            "Bot",
+            "Handle",
+            "Tweets",
+            "Model",
+            "Val loss",
+            "Queue",
+            "Next post",
+        ])
+        .style(Style::new().add_modifier(Modifier::BOLD)),
     )
     .row_highlight_style(selected())
+    .highlight_symbol("> ")
     .block(block.title_bottom(" * dry run (no credentials) · times UTC "));
     let mut st = TableState::default().with_selected(Some(s.bot_sel));
     f.render_stateful_widget(table, area, &mut st);

@@ -64,6 +64,7 @@ pub fn draw(f: &mut Frame, area: Rect, s: &State) {
             .style(Style::new().add_modifier(Modifier::BOLD)),
     )
     .row_highlight_style(selected())
+    .highlight_symbol("> ")
     .block(block.title_bottom(" a approve · x reject · e edit · u undo · g more "));
     let mut st = TableState::default().with_selected(Some(s.cand_sel));
     f.render_stateful_widget(table, list, &mut st);

@@ -18,11 +18,14 @@ pub fn draw(f: &mut Frame, area: Rect) {
             lines.push(Line::styled(sec, Style::new().add_modifier(Modifier::BOLD)));
             section = sec;
         }
-        lines.push(Line::from(vec![Span::raw(format!("  {key:<6} ")), Span::raw(words)]));
+        lines.push(Line::from(vec![
+            Span::raw(format!("  {key:<6} ")),
+            Span::raw(words),
+        ]));
     }
     // Two columns when the screen is short.
     let rows = area.height.saturating_sub(2) as usize;
-    let r = centered(area, area.width.saturating_sub(2).min(100), area.height);
+    let r = centered(area, area.width.min(100), area.height);
     f.render_widget(Clear, r);
     let block = Block::bordered().title(" Help (? or Esc closes) ");
     let inner = block.inner(r);

@@ -138,9 +138,17 @@ fn draw_confirm(f: &mut Frame, area: Rect, c: &super::state::Confirm) {
     let r = centered(area, 60, 6);
     f.render_widget(Clear, r);
     f.render_widget(
-        Paragraph::new(vec![Line::raw(q), Line::raw(""), Line::raw("y yes · n no").bold()])
-            .wrap(Wrap { trim: true })
-            .block(Block::bordered().title(" Confirm ").border_style(Style::new().fg(Color::Yellow))),
+        Paragraph::new(vec![
+            Line::raw(q),
+            Line::raw(""),
+            Line::raw("y yes · n no").bold(),
+        ])
+        .wrap(Wrap { trim: true })
+        .block(
+            Block::bordered()
+                .title(" Confirm ")
+                .border_style(Style::new().fg(Color::Yellow)),
+        ),
         r,
     );
 }

@@ -15,12 +15,17 @@ use crate::tui::state::State;
 pub fn draw(f: &mut Frame, area: Rect, s: &State) {
     let name = s.bot().map(|b| b.name.as_str()).unwrap_or("-");
     let [info, list] = Layout::vertical([Constraint::Length(1), Constraint::Min(3)]).areas(area);
-    f.render_widget(Paragraph::new(Line::raw(format!(" {}", s.posting_line))), info);
+    f.render_widget(
+        Paragraph::new(Line::raw(format!(" {}", s.posting_line))),
+        info,
+    );
     let block = Block::bordered().title(format!(" Queue: {name} "));
     if s.queue.is_empty() {
         f.render_widget(
-            Paragraph::new("Nothing queued. Approve candidates in the generation pane (3, then a).")
-                .block(block),
+            Paragraph::new(
+                "Nothing queued. Approve candidates in the generation pane (3, then a).",
+            )
+            .block(block),
             list,
         );
         return;
@@ -31,7 +36,14 @@ pub fn draw(f: &mut Frame, area: Rect, s: &State) {
             QueueStatus::Sending => e.sending_since.clone(),
             _ => e.planned_at.clone(),
         }
-        .map(|t| t.replace('T', " ").trim_end_matches('Z').chars().skip(5).take(11).collect())
+        .map(|t| {
+            t.replace('T', " ")
+                .trim_end_matches('Z')
+                .chars()
+                .skip(5)
+                .take(11)
+                .collect()
+        })
         .unwrap_or_else(|| "-".to_string());
         let (status, style) = match e.status {
             QueueStatus::Queued => ("queued".to_string(), Style::new()),
@@ -59,6 +71,7 @@ pub fn draw(f: &mut Frame, area: Rect, s: &State) {
             .style(Style::new().add_modifier(Modifier::BOLD)),
     )
     .row_highlight_style(selected())
+    .highlight_symbol("> ")
     .block(block.title_bottom(" K/J move · r remove · P post now "));
     let mut st = TableState::default().with_selected(Some(s.queue_sel));
     f.render_stateful_widget(table, list, &mut st);

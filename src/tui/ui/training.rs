@@ -25,7 +25,9 @@ pub fn draw(f: &mut Frame, area: Rect, s: &State) {
         let model = if bot.fine_tuned {
             format!(
                 "fine-tuned (best validation loss {} nats/char)",
-                bot.best_val_loss.map(|v| format!("{v:.4}")).unwrap_or("-".into())
+                bot.best_val_loss
+                    .map(|v| format!("{v:.4}"))
+                    .unwrap_or("-".into())
             )
         } else {
             "the base model (not fine-tuned yet)".into()
@@ -41,7 +43,12 @@ pub fn draw(f: &mut Frame, area: Rect, s: &State) {
             .training
             .as_ref()
             .filter(|o| o.running)
-            .map(|o| format!("\n\n{} is training now; one fine-tune runs at a time.", o.bot))
+            .map(|o| {
+                format!(
+                    "\n\n{} is training now; one fine-tune runs at a time.",
+                    o.bot
+                )
+            })
             .unwrap_or_default();
         f.render_widget(
             Paragraph::new(format!(
@@ -76,7 +83,11 @@ pub fn draw(f: &mut Frame, area: Rect, s: &State) {
         Gauge::default()
             .gauge_style(Style::new().fg(Color::Cyan))
             .ratio(in_epoch)
-            .label(format!("epoch {}  {}/{spe}", t.epoch + 1, t.batch_in_epoch.min(spe))),
+            .label(format!(
+                "epoch {}  {}/{spe}",
+                t.epoch + 1,
+                t.batch_in_epoch.min(spe)
+            )),
         epoch,
     );
     let all = (t.step as f64 / t.total_steps.max(1) as f64).min(1.0);
@@ -89,8 +100,18 @@ pub fn draw(f: &mut Frame, area: Rect, s: &State) {
     );
     let [loss_area, val_area] =
         Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(charts);
-    let last = t.losses.last().map(|l| format!("{l:.3}")).unwrap_or("-".into());
-    spark(f, loss_area, &format!(" loss {last} "), &t.losses, Color::Yellow);
+    let last = t
+        .losses
+        .last()
+        .map(|l| format!("{l:.3}"))
+        .unwrap_or("-".into());
+    spark(
+        f,
+        loss_area,
+        &format!(" loss {last} "),
+        &t.losses,
+        Color::Yellow,
+    );
     let val = match (t.val_losses.last(), t.best_val) {
         (Some(v), Some(b)) => format!(" val {v:.3} (best {b:.3}) "),
         _ => " val - ".into(),
@@ -127,7 +148,9 @@ fn spark(f: &mut Frame, area: Rect, title: &str, values: &[f64], color: Color) {
     let shown = &values[values.len().saturating_sub(width)..];
     let (lo, hi) = shown
         .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(*v), b.max(*v)));
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+            (a.min(*v), b.max(*v))
+        });
     let span = (hi - lo).max(1e-9);
     // Lower is better: bars stand for loss above the window's minimum, plus a floor so the
     // lowest point still shows.
