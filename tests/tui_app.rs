@@ -1,0 +1,180 @@
+//! The TUI's key handling over a real home, without a terminal: keys go to `App::on_key`,
+//! background jobs report through `App::pump`, and the store is checked after each step.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use aviary::app::{Config, Home};
+use aviary::store::QueueStatus;
+use aviary::tui::keymap::Pane;
+use aviary::tui::App;
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+
+fn key(app: &mut App, c: char) {
+    app.on_key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE));
+}
+
+fn code(app: &mut App, k: KeyCode) {
+    app.on_key(KeyEvent::new(k, KeyModifiers::NONE));
+}
+
+fn typed(app: &mut App, s: &str) {
+    for c in s.chars() {
+        key(app, c);
+    }
+}
+
+/// Pumps job events until `done` holds (or fails after 60 s).
+fn until(app: &mut App, what: &str, done: impl Fn(&App) -> bool) {
+    let t = Instant::now();
+    while !done(app) {
+        app.pump();
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}: {}",
+            app.state.status
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn app_at(home: &Path) -> App {
+    App::new(
+        Home::resolve(Some(home.to_path_buf())).unwrap(),
+        Config::default(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn first_launch_has_the_sample_bot_and_review_queues() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_at(dir.path());
+    assert_eq!(app.state.bots.len(), 1);
+    assert_eq!(app.state.bots[0].name, "sample");
+    assert!(app.state.bots[0].kept > 3000, "{:?}", app.state.bots[0]);
+    assert!(app.state.status.contains("Welcome"));
+    // A second launch does not add another.
+    drop(app);
+    let mut app = app_at(dir.path());
+    assert_eq!(app.state.bots.len(), 1);
+    assert!(!app.state.status.contains("Welcome"));
+
+    code(&mut app, KeyCode::Enter);
+    assert_eq!(app.state.pane, Pane::Training);
+    key(&mut app, '3');
+    assert_eq!(app.state.pane, Pane::Generation);
+    key(&mut app, '+');
+    assert!((app.state.temperature - 0.9).abs() < 1e-9);
+    key(&mut app, 'g');
+    until(&mut app, "candidates", |a| !a.state.generating);
+    assert!(app.state.candidates.len() >= 5, "{}", app.state.status);
+    let first = app.state.candidates[0].id;
+    key(&mut app, 'a');
+    assert_eq!(
+        app.state
+            .candidates
+            .iter()
+            .find(|c| c.id == first)
+            .unwrap()
+            .status,
+        "approved"
+    );
+    assert_eq!(app.state.queue.len(), 1);
+    // Edit the second in place: over 280 characters is refused in words, not a panic.
+    key(&mut app, 'e');
+    assert!(app.state.input.is_some());
+    typed(&mut app, &"!".repeat(300));
+    code(&mut app, KeyCode::Enter);
+    assert!(
+        app.state.status_is_error && app.state.status.contains("280"),
+        "{}",
+        app.state.status
+    );
+    key(&mut app, 'e');
+    for _ in 0..400 {
+        code(&mut app, KeyCode::Backspace);
+    }
+    typed(&mut app, "a tweet typed in the editor");
+    code(&mut app, KeyCode::Enter);
+    assert_eq!(app.state.queue.len(), 2, "{}", app.state.status);
+    assert!(app
+        .state
+        .queue
+        .iter()
+        .any(|q| q.text == "a tweet typed in the editor"));
+    // Undo takes the edit back out of the queue, then the approval.
+    key(&mut app, 'u');
+    assert_eq!(app.state.queue.len(), 1);
+    key(&mut app, 'u');
+    assert!(app.state.queue.is_empty());
+    key(&mut app, 'u');
+    assert!(app.state.status.contains("nothing to undo"));
+
+    // Queue pane: approve two, move the second up, remove it.
+    key(&mut app, 'a');
+    key(&mut app, 'a');
+    key(&mut app, '4');
+    assert_eq!(app.state.pane, Pane::Queue);
+    let queued: Vec<i64> = app.state.queue.iter().map(|q| q.id).collect();
+    assert_eq!(queued.len(), 2);
+    key(&mut app, 'j');
+    key(&mut app, 'K');
+    assert_eq!(app.state.queue[0].id, queued[1]);
+    assert_eq!(app.state.queue_sel, 0, "the selection follows the entry");
+    key(&mut app, 'r');
+    assert_eq!(app.state.queue.len(), 1);
+    // Post now goes to the dry-run outbox (no credentials).
+    key(&mut app, 'P');
+    until(&mut app, "the post", |a| a.state.busy.is_none());
+    assert_eq!(
+        app.state.queue[0].status,
+        QueueStatus::Posted,
+        "{}",
+        app.state.status
+    );
+    assert!(dir.path().join("outbox.jsonl").exists());
+}
+
+#[test]
+fn new_bot_import_delete_and_help() {
+    let dir = tempfile::tempdir().unwrap();
+    let tweets = dir.path().join("mine.txt");
+    std::fs::write(
+        &tweets,
+        "first tweet of mine here\nsecond tweet of mine here\n",
+    )
+    .unwrap();
+    let mut app = app_at(&dir.path().join("home"));
+    key(&mut app, 'n');
+    typed(&mut app, "mybot");
+    code(&mut app, KeyCode::Enter);
+    typed(&mut app, tweets.to_str().unwrap());
+    code(&mut app, KeyCode::Enter);
+    until(&mut app, "the import", |a| a.state.busy.is_none());
+    let b = app.state.bots.iter().find(|b| b.name == "mybot").unwrap();
+    assert_eq!(b.kept, 2, "{}", app.state.status);
+    assert_eq!(app.state.bot().unwrap().name, "mybot");
+    // A missing file is an error in words, and the bot stays.
+    key(&mut app, 'i');
+    typed(&mut app, "/no/such/file.txt");
+    code(&mut app, KeyCode::Enter);
+    until(&mut app, "the import", |a| a.state.busy.is_none());
+    assert!(app.state.status_is_error && app.state.status.contains("/no/such/file.txt"));
+    // Help opens and closes; keys do nothing else meanwhile.
+    key(&mut app, '?');
+    assert!(app.state.help);
+    key(&mut app, 'd');
+    assert!(app.state.confirm.is_none());
+    code(&mut app, KeyCode::Esc);
+    assert!(!app.state.help);
+    // Delete asks; n keeps it, y deletes it.
+    key(&mut app, 'd');
+    key(&mut app, 'n');
+    assert!(app.state.bots.iter().any(|b| b.name == "mybot"));
+    key(&mut app, 'd');
+    key(&mut app, 'y');
+    assert!(!app.state.bots.iter().any(|b| b.name == "mybot"));
+    key(&mut app, 'q');
+    assert!(app.quit);
+}
