@@ -67,8 +67,9 @@ impl App {
         app.state.temperature = app.config.generate.temperature;
         app.refresh()?;
         if first {
+            let kept = app.state.bot().map_or(0, |b| b.kept);
             app.state.say(format!(
-                "Welcome! `{}` is a sample bot with 3,200 tweets: Enter opens it, t fine-tunes it, ? shows every key.",
+                "Welcome! `{}` is a sample bot with {kept} tweets: Enter opens it, t fine-tunes it, ? shows every key.",
                 overview::SAMPLE_BOT
             ));
         }
@@ -548,7 +549,9 @@ impl App {
                         t.step = step;
                         t.epoch = epoch;
                         t.batch_in_epoch = batch_in_epoch;
-                        t.losses.push(loss);
+                        // Per-batch losses are noisy: the sparkline shows a moving average.
+                        let smooth = t.losses.last().map_or(loss, |p| 0.9 * p + 0.1 * loss);
+                        t.losses.push(smooth);
                         if t.losses.len() > 4000 {
                             t.losses.drain(..2000);
                         }

@@ -25,7 +25,7 @@ pub struct TrainingView {
     pub epoch: u64,
     /// Batches done in this epoch.
     pub batch_in_epoch: u64,
-    /// Training losses, one per step shown (newest last).
+    /// Training loss per step, as a moving average (newest last).
     pub losses: Vec<f64>,
     /// Validation losses (newest last).
     pub val_losses: Vec<f64>,
