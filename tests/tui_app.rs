@@ -4,8 +4,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use aviary::app::QueueStatus;
 use aviary::app::{Config, Home};
-use aviary::store::QueueStatus;
 use aviary::tui::keymap::Pane;
 use aviary::tui::App;
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};

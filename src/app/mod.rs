@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 
+/// The store's handle and rows, as the faces see them through the use cases here.
+pub use crate::store::{CandidateRow, QueueRow, QueueStatus, Store};
 /// What the faces see of a training run.
 pub use crate::train::{StopReason, TrainEvent};
 pub use bots::{BotDetails, BotTweets, ImportRequest};

@@ -21,7 +21,7 @@ use crate::generate::MAX_TWEET_CHARS;
 use crate::schedule::{backoff, Clock, Plan, Schedule};
 use crate::store::{Bot, BotId, QueueRow, QueueStatus, Store, Writer};
 use crate::twitter::{
-    comparable_text, ApiError, Credentials, Delivery, HttpApi, Outbox, TimelineQuery, XApi,
+    auth, comparable_text, ApiError, Credentials, Delivery, HttpApi, Outbox, TimelineQuery, XApi,
 };
 use crate::{Error, Result};
 
@@ -90,6 +90,53 @@ impl PostingSetup<'_> {
             )),
         }
     }
+}
+
+/// What `aviary auth` achieved.
+pub struct Authorized {
+    /// The account's handle, as X reported it.
+    pub username: Option<String>,
+    /// The credentials file the tokens went to.
+    pub path: std::path::PathBuf,
+}
+
+/// The PIN-based OAuth flow for bot `bot`: `ask_pin` shows the authorisation page's URL and
+/// returns the PIN the user typed; the account's tokens go into the credentials file (0600).
+pub fn authorize(
+    home: &Home,
+    config: &Config,
+    bot: &str,
+    ask_pin: impl FnOnce(&str) -> Result<String>,
+) -> Result<Authorized> {
+    find_bot(&home.open_store()?, bot)?;
+    let path = home.credentials_path()?;
+    let creds = Credentials::load(&path)?;
+    let app = creds.app.clone().ok_or_else(|| {
+        Error::invalid(
+            "no X app keys: aviary needs the app's consumer key and secret first",
+            format!(
+                "set AVIARY_X_CONSUMER_KEY and AVIARY_X_CONSUMER_SECRET, or write them as \
+                 [app] consumer_key / consumer_secret in {} (mode 0600)",
+                path.display()
+            ),
+        )
+    })?;
+    let timeout = Duration::from_secs(config.x.timeout_seconds.max(1));
+    let pending = auth::begin(&config.x.api_base, &app, timeout)?;
+    let pin = ask_pin(&pending.authorize_url)?;
+    if pin.trim().is_empty() {
+        return Err(Error::invalid("no PIN typed", "run `aviary auth` again"));
+    }
+    let account = pending.finish(&pin, timeout)?;
+    let username = account.username.clone();
+    // Save the file's own contents (not the environment's keys) plus the new tokens.
+    let mut file = Credentials::read_file(&path)?;
+    file.bots.insert(bot.to_string(), account);
+    if file.app.is_none() && std::env::var_os("AVIARY_X_CONSUMER_KEY").is_none() {
+        file.app = Some(app);
+    }
+    file.save(&path)?;
+    Ok(Authorized { username, path })
 }
 
 /// The schedule bot `bot` posts by: its own, else the config's.
@@ -546,6 +593,13 @@ impl Posting<'_> {
         Ok(me.id)
     }
 
+    /// Entry `id` may be on X: it stays `sending`, and the timeline is read for it at `at`.
+    fn check_later(&mut self, bot: String, id: i64, at: DateTime<Utc>, why: String) -> Result<()> {
+        self.store.write(|w| w.check_later(id, &stamp(at), &why))?;
+        (self.on)(PostEvent::CheckLater { bot, id, at, why });
+        Ok(())
+    }
+
     /// Sends entry `e` (queued) now: claim, post, record.
     fn send(&mut self, p: &mut BotPoster, e: &QueueRow) -> Result<Sent> {
         let now = self.clock.now();
@@ -576,15 +630,7 @@ impl Posting<'_> {
             }
             Err(err) if err.delivery() == Delivery::Unknown => {
                 let at = self.clock.now() + backoff(attempt, self.retry_base).max(self.settle);
-                let why = first_line(&err);
-                self.store
-                    .write(|w| w.check_later(e.id, &stamp(at), &why))?;
-                (self.on)(PostEvent::CheckLater {
-                    bot,
-                    id: e.id,
-                    at,
-                    why,
-                });
+                self.check_later(bot, e.id, at, first_line(&err))?;
                 Ok(Sent::Done)
             }
             Err(err) => self.not_posted(p, e.id, attempt, err),
@@ -666,14 +712,7 @@ impl Posting<'_> {
                 }
                 let at = self.clock.now() + backoff(e.attempts.max(1), self.retry_base);
                 let why = format!("cannot read the timeline: {}", first_line(&err));
-                self.store
-                    .write(|w| w.check_later(e.id, &stamp(at), &why))?;
-                (self.on)(PostEvent::CheckLater {
-                    bot,
-                    id: e.id,
-                    at,
-                    why,
-                });
+                self.check_later(bot, e.id, at, why)?;
                 return Ok(Sent::Blocked);
             }
         };

@@ -4,7 +4,6 @@
 use std::io::{BufRead, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{NaiveDate, Utc};
 use clap::{Args, Subcommand};
@@ -12,7 +11,6 @@ use clap::{Args, Subcommand};
 use crate::app::posting::{self, PostEvent, PostingSetup, RunOptions};
 use crate::app::{Config, Home};
 use crate::schedule::SystemClock;
-use crate::twitter::{auth, Credentials};
 use crate::{Error, Result};
 
 /// `aviary auth`.
@@ -126,52 +124,25 @@ fn log(e: PostEvent) {
 
 /// Runs `aviary auth`.
 pub fn auth(config: &Config, home: &Home, a: AuthArgs) -> Result<()> {
-    home.open_store()
-        .and_then(|s| crate::app::bots::find_bot(&s, &a.bot))?;
-    let path = home.credentials_path()?;
-    let creds = Credentials::load(&path)?;
-    let app = creds.app.clone().ok_or_else(|| {
-        Error::invalid(
-            "no X app keys: aviary needs the app's consumer key and secret first",
-            format!(
-                "set AVIARY_X_CONSUMER_KEY and AVIARY_X_CONSUMER_SECRET, or write them as \
-                 [app] consumer_key / consumer_secret in {} (mode 0600)",
-                path.display()
-            ),
-        )
+    let done = posting::authorize(home, config, &a.bot, |url| {
+        println!("1. Sign in to X as the account bot `{}` posts as.", a.bot);
+        println!("2. Open this page and authorise the app:\n   {url}");
+        print!("3. Type the PIN X shows: ");
+        std::io::stdout()
+            .flush()
+            .map_err(|e| Error::io("<stdout>", e))?;
+        let mut pin = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut pin)
+            .map_err(|e| Error::io("<stdin>", e))?;
+        Ok(pin)
     })?;
-    let timeout = Duration::from_secs(config.x.timeout_seconds.max(1));
-    let pending = auth::begin(&config.x.api_base, &app, timeout)?;
-    println!("1. Sign in to X as the account bot `{}` posts as.", a.bot);
     println!(
-        "2. Open this page and authorise the app:\n   {}",
-        pending.authorize_url
-    );
-    print!("3. Type the PIN X shows: ");
-    std::io::stdout()
-        .flush()
-        .map_err(|e| Error::io("<stdout>", e))?;
-    let mut pin = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut pin)
-        .map_err(|e| Error::io("<stdin>", e))?;
-    if pin.trim().is_empty() {
-        return Err(Error::invalid("no PIN typed", "run `aviary auth` again"));
-    }
-    let account = pending.finish(&pin, timeout)?;
-    let who = account.username.clone().unwrap_or_else(|| "?".into());
-    // Save the file's own contents (not the environment's keys) plus the new tokens.
-    let mut file = Credentials::read_file(&path)?;
-    file.bots.insert(a.bot.clone(), account);
-    if file.app.is_none() && std::env::var_os("AVIARY_X_CONSUMER_KEY").is_none() {
-        file.app = Some(app);
-    }
-    file.save(&path)?;
-    println!(
-        "\nbot `{}` posts as @{who}; tokens saved to {} (mode 0600)",
+        "\nbot `{}` posts as @{}; tokens saved to {} (mode 0600)",
         a.bot,
-        path.display()
+        done.username.as_deref().unwrap_or("?"),
+        done.path.display()
     );
     println!("X asks automated accounts to carry the \"Automated\" label: set it in the account's settings.");
     Ok(())
@@ -243,11 +214,11 @@ fn print_summary(q: &posting::QueueSummary) {
     let mut planned = q.planned.iter();
     for e in &q.entries {
         let when = match e.status {
-            crate::store::QueueStatus::Queued => planned
+            crate::app::QueueStatus::Queued => planned
                 .next()
                 .map(|t| posting::stamp(*t))
                 .unwrap_or_else(|| "-".into()),
-            crate::store::QueueStatus::Posted => e.posted_at.clone().unwrap_or_default(),
+            crate::app::QueueStatus::Posted => e.posted_at.clone().unwrap_or_default(),
             _ => e.sending_since.clone().unwrap_or_default(),
         };
         let extra = match (&e.posted_tweet_id, &e.error) {
@@ -288,7 +259,7 @@ pub fn post_now(config: &Config, home: &Home, a: PostNowArgs) -> Result<()> {
     let e = posting::post_now(&setup, &mut store, a.id, &SystemClock, &mut log)?;
     println!("#{}: {}", e.id, e.status);
     match e.status {
-        crate::store::QueueStatus::Posted | crate::store::QueueStatus::Sending => Ok(()),
+        crate::app::QueueStatus::Posted | crate::app::QueueStatus::Sending => Ok(()),
         _ => Err(Error::invalid(
             format!(
                 "#{} was not posted: {}",

@@ -17,9 +17,8 @@ use crossterm::event::{Event, KeyCode, KeyEvent, KeyEventKind};
 
 use crate::app::candidates::{self as cands, Review};
 use crate::app::posting::{self, PostingSetup};
-use crate::app::{self, overview, Config, Home, TrainEvent};
+use crate::app::{self, overview, Config, Home, Store};
 use crate::schedule::SystemClock;
-use crate::store::Store;
 use crate::Result;
 
 use event::AppEvent;
@@ -300,7 +299,7 @@ impl App {
                 let queued: Vec<i64> = s
                     .queue
                     .iter()
-                    .filter(|q| q.status == crate::store::QueueStatus::Queued)
+                    .filter(|q| q.status == app::QueueStatus::Queued)
                     .map(|q| q.id)
                     .collect();
                 let Some(place) = queued.iter().position(|i| *i == e.id) else {
@@ -524,49 +523,8 @@ impl App {
         let s = &mut self.state;
         match e {
             AppEvent::Train(ev) => {
-                let Some(t) = s.training.as_mut() else { return };
-                match ev {
-                    TrainEvent::Started {
-                        steps_per_epoch,
-                        total_steps,
-                        start_step,
-                        device,
-                        ..
-                    } => {
-                        t.steps_per_epoch = steps_per_epoch;
-                        t.total_steps = total_steps;
-                        t.step = start_step;
-                        t.device = device;
-                    }
-                    TrainEvent::Step {
-                        step,
-                        epoch,
-                        batch_in_epoch,
-                        loss,
-                        chars_per_s,
-                        eta_s,
-                    } => {
-                        t.step = step;
-                        t.epoch = epoch;
-                        t.batch_in_epoch = batch_in_epoch;
-                        // Per-batch losses are noisy: the sparkline shows a moving average.
-                        let smooth = t.losses.last().map_or(loss, |p| 0.9 * p + 0.1 * loss);
-                        t.losses.push(smooth);
-                        if t.losses.len() > 4000 {
-                            t.losses.drain(..2000);
-                        }
-                        t.chars_per_s = chars_per_s;
-                        t.eta_s = eta_s;
-                    }
-                    TrainEvent::Validated {
-                        val_loss,
-                        best_val_loss,
-                        ..
-                    } => {
-                        t.val_losses.push(val_loss);
-                        t.best_val = Some(best_val_loss);
-                    }
-                    TrainEvent::Finished { .. } => {}
+                if let Some(t) = s.training.as_mut() {
+                    t.apply(ev);
                 }
             }
             AppEvent::TrainDone(r) => {

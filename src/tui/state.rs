@@ -2,7 +2,7 @@
 //! change it, and tests build it by hand to snapshot each pane.
 
 use crate::app::overview::BotOverview;
-use crate::store::{CandidateRow, QueueRow};
+use crate::app::{CandidateRow, QueueRow, TrainEvent};
 
 use super::keymap::Pane;
 
@@ -39,6 +39,55 @@ pub struct TrainingView {
     pub device: String,
     /// How it ended, once it has.
     pub outcome: Option<String>,
+}
+
+impl TrainingView {
+    /// Takes in one of the engine's progress events.
+    pub fn apply(&mut self, ev: TrainEvent) {
+        match ev {
+            TrainEvent::Started {
+                steps_per_epoch,
+                total_steps,
+                start_step,
+                device,
+                ..
+            } => {
+                self.steps_per_epoch = steps_per_epoch;
+                self.total_steps = total_steps;
+                self.step = start_step;
+                self.device = device;
+            }
+            TrainEvent::Step {
+                step,
+                epoch,
+                batch_in_epoch,
+                loss,
+                chars_per_s,
+                eta_s,
+            } => {
+                self.step = step;
+                self.epoch = epoch;
+                self.batch_in_epoch = batch_in_epoch;
+                // Per-batch losses are noisy: the sparkline shows a moving average.
+                let smooth = self.losses.last().map_or(loss, |p| 0.9 * p + 0.1 * loss);
+                self.losses.push(smooth);
+                if self.losses.len() > 4000 {
+                    self.losses.drain(..2000);
+                }
+                self.chars_per_s = chars_per_s;
+                self.eta_s = eta_s;
+            }
+            TrainEvent::Validated {
+                val_loss,
+                best_val_loss,
+                ..
+            } => {
+                self.val_losses.push(val_loss);
+                self.best_val = Some(best_val_loss);
+            }
+            TrainEvent::Finished { .. } => {}
+        }
+    }
 }
 
 /// A text being typed: a prompt at the bottom, or the candidate editor.

@@ -8,7 +8,7 @@ use ratatui::widgets::{Block, Paragraph, Row, Table, TableState};
 use ratatui::Frame;
 
 use super::selected;
-use crate::store::QueueStatus;
+use crate::app::QueueStatus;
 use crate::tui::state::State;
 
 /// Draws the queue pane.
