@@ -103,6 +103,28 @@ impl Env {
         (o.status.success(), all)
     }
 
+    /// `aviary auth BOT` with `pin` typed at the prompt; output checked for secrets.
+    fn auth(&self, bot: &str, pin: &str) -> (bool, String) {
+        let mut child = self
+            .cmd(&["auth", bot])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "{pin}").unwrap();
+        drop(stdin);
+        let o = child.wait_with_output().unwrap();
+        let out = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        no_secrets(&out);
+        (o.status.success(), out)
+    }
+
     fn ok(&self, args: &[&str]) -> String {
         let (ok, out) = self.run(args);
         assert!(ok, "aviary {args:?} failed:\n{out}");
@@ -210,22 +232,8 @@ fn auth_walks_the_pin_flow_and_keeps_the_tokens_private() {
     let mock = MockX::start();
     let env = setup(&mock, false);
     write_credentials(&env, false, 0o600);
-    let mut child = env
-        .cmd(&["auth", "b"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(b"1234567\n").unwrap();
-    let o = child.wait_with_output().unwrap();
-    let out = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success(), "{out}");
-    no_secrets(&out);
+    let (ok, out) = env.auth("b", "1234567");
+    assert!(ok, "{out}");
     assert!(
         out.contains(&format!("{}/oauth/authorize?oauth_token=", mock.url)),
         "{out}"
@@ -242,17 +250,8 @@ fn auth_walks_the_pin_flow_and_keeps_the_tokens_private() {
     env.ok(&["post-now", &id]);
     assert_eq!(mock.posts().len(), 1);
     // A wrong PIN is refused with a message.
-    let mut child = env
-        .cmd(&["auth", "b"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(b"999\n").unwrap();
-    let o = child.wait_with_output().unwrap();
-    assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("PIN"));
+    let (ok, out) = env.auth("b", "999");
+    assert!(!ok && out.contains("PIN"), "{out}");
 }
 
 #[test]
