@@ -20,6 +20,7 @@ use super::{Config, Home};
 use crate::generate::MAX_TWEET_CHARS;
 use crate::schedule::{backoff, Clock, Plan, Schedule};
 use crate::store::{Bot, BotId, QueueRow, QueueStatus, Store, Writer};
+use crate::twitter::credentials::BotKeys;
 use crate::twitter::{
     auth, comparable_text, ApiError, Credentials, Delivery, HttpApi, Outbox, TimelineQuery, XApi,
 };
@@ -64,31 +65,59 @@ pub struct PostingSetup<'a> {
     pub force_dry_run: bool,
 }
 
+/// How one bot posts: its keys when live.
+pub struct Route {
+    /// Live or dry run, and why.
+    pub mode: Mode,
+    /// The keys, when live.
+    keys: Option<BotKeys>,
+}
+
 impl PostingSetup<'_> {
-    /// The client for bot `bot`, and whether it is live.
-    pub fn api_for(&self, bot: &str) -> Result<(Box<dyn XApi>, Mode)> {
-        let outbox = || Box::new(Outbox::new(&self.home.outbox_path(), bot)) as Box<dyn XApi>;
+    /// The credentials to post with (`None` with `--dry-run`): read once, used for every bot.
+    pub fn credentials(&self) -> Result<Option<Credentials>> {
         if self.force_dry_run {
-            return Ok((outbox(), Mode::DryRun("--dry-run".into())));
+            return Ok(None);
         }
-        let path = self.home.credentials_path()?;
-        let creds = Credentials::load(&path)?;
-        match creds.for_bot(bot) {
-            Some(keys) => {
-                let api = HttpApi::new(
-                    &self.config.x.api_base,
-                    &keys,
-                    Duration::from_secs(self.config.x.timeout_seconds.max(1)),
-                )?;
-                Ok((Box::new(api), Mode::Live))
-            }
-            None => Ok((
-                outbox(),
-                Mode::DryRun(format!(
+        Credentials::load(&self.home.credentials_path()?).map(Some)
+    }
+
+    /// Where bot `bot`'s posts go, given `creds` from [`PostingSetup::credentials`].
+    pub fn route(&self, creds: Option<&Credentials>, bot: &str) -> Route {
+        match creds.map(|c| c.for_bot(bot)) {
+            None => Route {
+                mode: Mode::DryRun("--dry-run".into()),
+                keys: None,
+            },
+            Some(None) => Route {
+                mode: Mode::DryRun(format!(
                     "no credentials for `{bot}`: run `aviary auth {bot}`"
                 )),
-            )),
+                keys: None,
+            },
+            Some(Some(keys)) => Route {
+                mode: Mode::Live,
+                keys: Some(keys),
+            },
         }
+    }
+
+    /// The client for bot `bot` along `route`: X when live, else the outbox.
+    pub fn api(&self, bot: &str, route: &Route) -> Result<Box<dyn XApi>> {
+        Ok(match &route.keys {
+            Some(keys) => Box::new(HttpApi::new(
+                &self.config.x.api_base,
+                keys,
+                Duration::from_secs(self.config.x.timeout_seconds.max(1)),
+            )?),
+            None => Box::new(Outbox::new(&self.home.outbox_path(), bot)),
+        })
+    }
+
+    /// The client for bot `bot`, and whether it is live.
+    pub fn api_for(&self, bot: &str) -> Result<(Box<dyn XApi>, Mode)> {
+        let route = self.route(self.credentials()?.as_ref(), bot);
+        Ok((self.api(bot, &route)?, route.mode))
     }
 }
 
@@ -305,12 +334,13 @@ pub fn summary(
         None => store.bots()?,
     };
     let now = clock.now();
+    let creds = setup.credentials()?;
     let mut out = Vec::new();
     for bot in bots {
         let entries = store.queue(Some(bot.id))?;
         let schedule = schedule_of(setup.config, &bot)?;
         let plan = schedule.plan(bot.id.0 as u64)?;
-        let (_, mode) = setup.api_for(&bot.name)?;
+        let mode = setup.route(creds.as_ref(), &bot.name).mode;
         let queued: Vec<&QueueRow> = entries
             .iter()
             .filter(|e| e.status == QueueStatus::Queued)
@@ -880,13 +910,10 @@ fn poster(
 ) -> Result<(BotPoster, Mode)> {
     let schedule = schedule_of(setup.config, &bot)?;
     let plan = schedule.plan(bot.id.0 as u64)?;
-    let (api, mode) = setup.api_for(&bot.name)?;
-    let user_id = match &mode {
-        Mode::Live => Credentials::load(&setup.home.credentials_path()?)?
-            .for_bot(&bot.name)
-            .and_then(|k| k.account.user_id),
-        Mode::DryRun(_) => None,
-    };
+    let route = setup.route(setup.credentials()?.as_ref(), &bot.name);
+    let api = setup.api(&bot.name, &route)?;
+    let user_id = route.keys.as_ref().and_then(|k| k.account.user_id.clone());
+    let mode = route.mode;
     // A slot missed while nothing ran is posted once, not once per missed slot.
     let anchor = store
         .last_posted_at(bot.id)?
