@@ -486,6 +486,10 @@ fn without_credentials_or_with_dry_run_posts_go_to_the_outbox() {
     );
     let d = env.daemon(None);
     d.wait_for("the post", |l| l.contains("posted #"));
+    // One poster per home: post-now waits for the running scheduler, in words.
+    let other = env.queue_id("b", "not while the scheduler runs");
+    let out = env.fail(&["post-now", &other]);
+    assert!(out.contains("another aviary process is posting"), "{out}");
     let log = d.stop();
     assert!(log.contains("dry run"), "{log}");
     let outbox = std::fs::read_to_string(env.home.path().join("outbox.jsonl")).unwrap();
@@ -583,4 +587,50 @@ fn approving_a_candidate_queues_it_and_rejecting_takes_it_out() {
     let q = env.ok(&["queue", "list", "b"]);
     assert_eq!(q.matches(" queued ").count(), 1, "{q}");
     assert!(!q.contains("an edited candidate"), "{q}");
+}
+
+#[test]
+fn refused_credentials_stop_the_bot_and_keep_the_tweet() {
+    let mock = MockX::start();
+    let env = setup(&mock, false);
+    // Right app keys, wrong account token: X answers 401.
+    let path = env.home.path().join("credentials.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[app]\nconsumer_key = \"{}\"\nconsumer_secret = \"{}\"\n[bots.b]\naccess_token = \"revoked-token\"\naccess_secret = \"{}\"\n",
+            mock_x::CONSUMER_KEY,
+            mock_x::CONSUMER_SECRET,
+            mock_x::ACCESS_SECRET
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let id = env.queue_id("b", "will this get through");
+    let out = env.fail(&["post-now", &id]);
+    assert!(out.contains("401") && out.contains("aviary auth"), "{out}");
+    let list = env.ok(&["queue", "list", "b"]);
+    assert!(
+        list.contains(" queued ") && list.contains("401"),
+        "the tweet waits: {list}"
+    );
+    assert!(mock.posts().is_empty());
+}
+
+#[test]
+fn import_fetch_says_when_it_reaches_the_3200_limit() {
+    let mock = MockX::start();
+    let env = setup(&mock, true);
+    {
+        let mut s = mock.state.lock().unwrap();
+        for i in 0..3300 {
+            s.other_timeline.push((
+                format!("{}", 90000 - i),
+                format!("tweet {i} from a prolific account"),
+            ));
+        }
+    }
+    let out = env.ok(&["import", "b", "--fetch", "prolific"]);
+    assert!(out.contains("fetched 3200 tweets"), "{out}");
+    assert!(out.contains("newest 3,200 posts"), "{out}");
 }

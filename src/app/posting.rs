@@ -548,6 +548,16 @@ pub struct PostingLock {
 }
 
 impl PostingLock {
+    /// Whether another process posts from `home` now (a running `aviary schedule run`).
+    pub fn is_held(home: &Home) -> bool {
+        let path = home.root().join("posting.lock");
+        match std::fs::File::open(&path) {
+            // Taking it for a moment tells; dropping the file frees it again.
+            Ok(f) => matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
+            Err(_) => false,
+        }
+    }
+
     /// Takes the lock or says who holds it.
     pub fn take(home: &Home) -> Result<PostingLock> {
         std::fs::create_dir_all(home.root()).map_err(|e| Error::io(home.root(), e))?;

@@ -99,8 +99,19 @@ impl App {
         self.state.candidates = c;
         let q = posting::summary(&self.setup(), &self.store, Some(&bot.name), &SystemClock)?;
         if let Some(q) = q.into_iter().next() {
+            let scheduler = if posting::PostingLock::is_held(&self.home) {
+                "scheduler running"
+            } else {
+                "scheduler not running: start it with `aviary schedule run`"
+            };
+            let next = q
+                .planned
+                .first()
+                .filter(|_| q.enabled)
+                .map(|t| format!(" · next post {}", t.format("%m-%d %H:%M UTC")))
+                .unwrap_or_default();
             self.state.posting_line = format!(
-                "{} · schedule {} · {} posts/day ≈ ${:.2}/day · the scheduler runs as `aviary schedule run`",
+                "{} · schedule {}{next} · {} posts/day ≈ ${:.2}/day · {scheduler}",
                 q.mode,
                 if q.enabled { "on" } else { "off" },
                 q.posts_per_day,
