@@ -634,3 +634,27 @@ fn import_fetch_says_when_it_reaches_the_3200_limit() {
     assert!(out.contains("fetched 3200 tweets"), "{out}");
     assert!(out.contains("newest 3,200 posts"), "{out}");
 }
+
+#[test]
+fn the_scheduler_takes_in_new_bots_and_schedule_changes_while_it_runs() {
+    let mock = MockX::start();
+    let env = setup(&mock, false);
+    let d = env.daemon(None);
+    d.wait_for("the start", |l| l.contains("b: dry run"));
+    env.ok(&["bot", "new", "late"]);
+    env.queue_id("late", "a bot made while the scheduler ran");
+    d.wait_for("the new bot's post", |l| l.contains("late: posted #"));
+    env.ok(&["schedule", "set", "b", "enabled=false"]);
+    d.wait_for("the pause", |l| {
+        l.contains("b: posting stopped: its schedule is off")
+    });
+    env.queue_id("b", "paused bots do not post");
+    std::thread::sleep(Duration::from_millis(2500));
+    let log = d.stop();
+    assert!(!log.contains("b: posted #"), "{log}");
+    let outbox = std::fs::read_to_string(env.home.path().join("outbox.jsonl")).unwrap();
+    assert!(
+        outbox.contains("a bot made while") && !outbox.contains("paused bots"),
+        "{outbox}"
+    );
+}

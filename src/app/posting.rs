@@ -793,6 +793,58 @@ impl Posting<'_> {
         self.send(p, &again)
     }
 
+    /// Makes `posters` match the store's bots (those in `opts.bots`, if any): new bots and
+    /// changed schedules get a poster, keeping what this run learnt of the bot; removed bots
+    /// go. Says so for each change.
+    fn sync(
+        &mut self,
+        setup: &PostingSetup,
+        opts: &RunOptions,
+        posters: &mut Vec<BotPoster>,
+    ) -> Result<()> {
+        let now = self.clock.now();
+        let bots: Vec<Bot> = self
+            .store
+            .bots()?
+            .into_iter()
+            .filter(|b| opts.bots.is_empty() || opts.bots.contains(&b.name))
+            .collect();
+        posters.retain(|p| bots.iter().any(|b| b.id == p.bot.id));
+        for bot in bots {
+            let old = posters.iter().position(|p| p.bot.id == bot.id);
+            if old.is_some_and(|i| posters[i].bot.schedule == bot.schedule) {
+                continue;
+            }
+            let (mut p, mode) = poster(setup, self.store, bot, now)?;
+            if let Some(i) = old {
+                let was = posters.remove(i);
+                p.anchor = was.anchor;
+                p.blocked_until = was.blocked_until;
+                p.user_id = was.user_id;
+                p.stopped = was.stopped && was.enabled;
+            }
+            if !p.enabled {
+                p.stopped = true;
+                (self.on)(PostEvent::BotStopped {
+                    why: format!(
+                        "its schedule is off (`aviary schedule set {} enabled=true`)",
+                        p.bot.name
+                    ),
+                    bot: p.bot.name.clone(),
+                });
+            } else {
+                let next = p.plan.next_slot(p.anchor, |d| self.posted_on(&p, d));
+                (self.on)(PostEvent::Ready {
+                    bot: p.bot.name.clone(),
+                    mode,
+                    next,
+                });
+            }
+            posters.push(p);
+        }
+        Ok(())
+    }
+
     /// Entries of `p` left in `sending` whose check is due.
     fn due_sending(&self, p: &BotPoster, now: DateTime<Utc>) -> Result<Vec<QueueRow>> {
         Ok(self
@@ -955,39 +1007,14 @@ pub fn run_scheduler(
     on: &mut dyn FnMut(PostEvent),
 ) -> Result<()> {
     let _lock = PostingLock::take(setup.home)?;
-    let now = clock.now();
-    let mut posters = Vec::new();
     for name in &opts.bots {
         find_bot(store, name)?;
     }
-    for bot in store.bots()? {
-        if !opts.bots.is_empty() && !opts.bots.contains(&bot.name) {
-            continue;
-        }
-        let (mut p, mode) = poster(setup, store, bot, now)?;
-        if !p.enabled {
-            p.stopped = true;
-            on(PostEvent::BotStopped {
-                why: format!(
-                    "its schedule is off (`aviary schedule set {} enabled=true`)",
-                    p.bot.name
-                ),
-                bot: p.bot.name.clone(),
-            });
-            continue;
-        }
-        let next = p.plan.next_slot(p.anchor, |d| {
-            posted_on_day(store, &p.bot, &p.plan, d).unwrap_or(0)
-        });
-        on(PostEvent::Ready {
-            bot: p.bot.name.clone(),
-            mode,
-            next,
-        });
-        posters.push(p);
-    }
+    let mut posters = Vec::new();
     let mut posting = posting(setup, store, clock, stop, on);
     while !stop.load(Ordering::Relaxed) {
+        // Bots added, removed or rescheduled while this runs are taken in here.
+        posting.sync(setup, opts, &mut posters)?;
         let mut wake: Option<DateTime<Utc>> = None;
         for p in posters.iter_mut() {
             if stop.load(Ordering::Relaxed) {
@@ -1016,8 +1043,9 @@ pub fn run_scheduler(
         if opts.once {
             break;
         }
-        // Sleep until the next thing is due, a second at most between looks at `stop`.
-        let until = wake.unwrap_or(clock.now() + chrono::Duration::seconds(60));
+        // Sleep until the next thing is due, looking at the bots again within 10 s.
+        let soon = clock.now() + chrono::Duration::seconds(10);
+        let until = wake.map_or(soon, |w| w.min(soon));
         while !stop.load(Ordering::Relaxed) && clock.now() < until {
             std::thread::sleep(Duration::from_millis(100));
         }
