@@ -501,14 +501,11 @@ impl App {
             }
             InputPurpose::Prime => self.state.prime = input.text,
             InputPurpose::EditCandidate(id) => {
-                let Some(bot) = self.state.bot().map(|b| b.name.clone()) else {
-                    return;
-                };
+                // The list may have been reloaded while the editor was open.
                 if let Some(i) = self.state.candidates.iter().position(|c| c.id == id) {
                     self.state.cand_sel = i;
+                    self.review(Review::Edit(text));
                 }
-                let _ = bot;
-                self.review(Review::Edit(text));
             }
         }
     }
