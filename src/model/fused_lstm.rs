@@ -17,17 +17,20 @@ use super::kernels::{gemm, par_cell_backward, par_cell_forward, Mat, PackedB};
 
 /// Runs an LSTM layer over a sequence from zero state: `x` [T, B, I] is the layer input
 /// with a last column of ones, `w_in` [4H, I] is W_ih with the summed biases as last column,
-/// `w_hh` [4H, H]; returns the hidden states [T, B, H]. On the CPU this is the fused op;
-/// elsewhere (CUDA) the unfused candle ops.
+/// `w_hh` [4H, H]; returns the hidden states [T, B, H]. On the CPU this is the fused op; on
+/// CUDA a cuBLAS matmul and one fused cell kernel per step ([`super::lstm_cell`]); in other
+/// dtypes the unfused candle ops.
 pub fn lstm_sequence(x: &Tensor, w_in: &Tensor, w_hh: &Tensor) -> candle_core::Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == DType::F32 {
+    if x.dtype() != DType::F32 {
+        lstm_reference(x, w_in, w_hh)
+    } else if x.device().is_cpu() {
         x.contiguous()?.apply_op3(
             &w_in.contiguous()?,
             &w_hh.contiguous()?,
             FusedLstm::default(),
         )
     } else {
-        lstm_reference(x, w_in, w_hh)
+        super::lstm_cell::lstm_cell_sequence(x, w_in, w_hh)
     }
 }
 

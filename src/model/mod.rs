@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod fused_lstm;
 pub mod kernels;
 pub mod loss;
+pub mod lstm_cell;
 pub mod step;
 pub mod vocab;
 
