@@ -13,8 +13,12 @@ use crate::tui::state::State;
 /// Draws the generation pane.
 pub fn draw(f: &mut Frame, area: Rect, s: &State) {
     let name = s.bot().map(|b| b.name.as_str()).unwrap_or("-");
-    let [settings, list] =
-        Layout::vertical([Constraint::Length(1), Constraint::Min(3)]).areas(area);
+    let [settings, list, preview] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Min(3),
+        Constraint::Length(6),
+    ])
+    .areas(area);
     let prime = if s.prime.is_empty() {
         "none".to_string()
     } else {
@@ -52,10 +56,10 @@ pub fn draw(f: &mut Frame, area: Rect, s: &State) {
     let table = Table::new(
         rows,
         [
-            Constraint::Length(5),
+            Constraint::Length(6),
             Constraint::Length(8),
             Constraint::Length(4),
-            Constraint::Length(5),
+            Constraint::Length(6),
             Constraint::Min(10),
         ],
     )
@@ -68,4 +72,8 @@ pub fn draw(f: &mut Frame, area: Rect, s: &State) {
     .block(block.title_bottom(" a approve · x reject · e edit · u undo · g more "));
     let mut st = TableState::default().with_selected(Some(s.cand_sel));
     f.render_stateful_widget(table, list, &mut st);
+    if let Some(c) = s.candidate() {
+        let text = c.edited_text.as_deref().unwrap_or(&c.text);
+        super::preview(f, preview, &format!(" #{} ", c.id), text);
+    }
 }

@@ -153,6 +153,21 @@ fn draw_confirm(f: &mut Frame, area: Rect, c: &super::state::Confirm) {
     );
 }
 
+/// The whole text of the selected tweet, wrapped, with its length: rows show only its start.
+pub fn preview(f: &mut Frame, area: Rect, title: &str, text: &str) {
+    let n = text.chars().count();
+    f.render_widget(
+        Paragraph::new(text.to_string())
+            .wrap(Wrap { trim: false })
+            .block(
+                Block::bordered()
+                    .title(title.to_string())
+                    .title_bottom(format!(" {n}/280 ")),
+            ),
+        area,
+    );
+}
+
 /// "1m05s", "2h03m".
 pub fn fmt_secs(s: f64) -> String {
     let s = s.max(0.0) as u64;

@@ -14,7 +14,12 @@ use crate::tui::state::State;
 /// Draws the queue pane.
 pub fn draw(f: &mut Frame, area: Rect, s: &State) {
     let name = s.bot().map(|b| b.name.as_str()).unwrap_or("-");
-    let [info, list] = Layout::vertical([Constraint::Length(1), Constraint::Min(3)]).areas(area);
+    let [info, list, preview] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Min(3),
+        Constraint::Length(6),
+    ])
+    .areas(area);
     f.render_widget(
         Paragraph::new(Line::raw(format!(" {}", s.posting_line))),
         info,
@@ -60,7 +65,7 @@ pub fn draw(f: &mut Frame, area: Rect, s: &State) {
     let table = Table::new(
         rows,
         [
-            Constraint::Length(5),
+            Constraint::Length(6),
             Constraint::Length(8),
             Constraint::Length(12),
             Constraint::Min(10),
@@ -75,4 +80,7 @@ pub fn draw(f: &mut Frame, area: Rect, s: &State) {
     .block(block.title_bottom(" K/J move · r remove · P post now "));
     let mut st = TableState::default().with_selected(Some(s.queue_sel));
     f.render_stateful_widget(table, list, &mut st);
+    if let Some(e) = s.queue_entry() {
+        super::preview(f, preview, &format!(" #{} {} ", e.id, e.status), &e.text);
+    }
 }
