@@ -178,3 +178,52 @@ fn new_bot_import_delete_and_help() {
     key(&mut app, 'q');
     assert!(app.quit);
 }
+
+#[test]
+fn training_starts_stops_resumes_and_quitting_asks_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    // Small steps, so a stop lands mid-run.
+    config.finetune.batch_size = 8;
+    config.finetune.num_epochs = 3;
+    let mut app = App::new(
+        Home::resolve(Some(dir.path().to_path_buf())).unwrap(),
+        config,
+    )
+    .unwrap();
+    code(&mut app, KeyCode::Enter);
+    key(&mut app, 't');
+    assert!(app.state.training_runs());
+    until(&mut app, "a few steps", |a| {
+        a.state.training.as_ref().is_some_and(|t| t.step >= 3)
+    });
+    // Quitting asks while it runs; n keeps it running.
+    key(&mut app, 'q');
+    assert!(app.state.confirm.is_some() && !app.quit);
+    key(&mut app, 'n');
+    key(&mut app, 's');
+    until(&mut app, "the stop", |a| !a.state.training_runs());
+    let stopped_at = app.state.training.as_ref().unwrap().step;
+    assert!(app.state.bots[0].resumable, "{}", app.state.status);
+    assert_eq!(app.state.bots[0].queued, 0);
+    // t resumes from the saved step, not from zero.
+    key(&mut app, 't');
+    assert!(
+        app.state.status.contains("resuming"),
+        "{}",
+        app.state.status
+    );
+    until(&mut app, "the resumed run's first event", |a| {
+        a.state.training.as_ref().is_some_and(|t| t.total_steps > 0)
+    });
+    let resumed = app.state.training.as_ref().unwrap().start_step;
+    assert!(
+        resumed > 0 && resumed <= stopped_at + 1,
+        "resumed at {resumed}, stopped at {stopped_at}"
+    );
+    // Quit while training: y stops it (saved), then the app ends.
+    key(&mut app, 'q');
+    key(&mut app, 'y');
+    until(&mut app, "the quit", |a| a.quit);
+    assert!(app.state.bots[0].resumable || app.state.bots[0].fine_tuned);
+}

@@ -97,6 +97,7 @@ fn state(pane: Pane) -> State {
         bot: "sample".into(),
         running: true,
         stopping: false,
+        start_step: 0,
         step: 312,
         total_steps: 600,
         steps_per_epoch: 120,

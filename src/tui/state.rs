@@ -15,7 +15,9 @@ pub struct TrainingView {
     pub running: bool,
     /// Whether a stop was asked for.
     pub stopping: bool,
-    /// Step done / in all.
+    /// Step the run started (or resumed) at.
+    pub start_step: u64,
+    /// Steps done.
     pub step: u64,
     /// Steps in all.
     pub total_steps: u64,
@@ -54,6 +56,7 @@ impl TrainingView {
             } => {
                 self.steps_per_epoch = steps_per_epoch;
                 self.total_steps = total_steps;
+                self.start_step = start_step;
                 self.step = start_step;
                 self.device = device;
             }

@@ -124,6 +124,7 @@ fn head_line(t: &TrainingView) -> Line<'static> {
     let state = match (&t.outcome, t.running, t.stopping) {
         (Some(o), _, _) => o.clone(),
         (None, true, true) => "stopping after this step…".into(),
+        (None, true, false) if t.start_step > 0 => format!("resumed at step {}", t.start_step),
         (None, true, false) => "fine-tuning".into(),
         (None, false, _) => "stopped".into(),
     };
