@@ -8,7 +8,7 @@
 
 use std::str::FromStr;
 
-use chrono::{DateTime, Datelike, Days, NaiveDate, NaiveTime, TimeZone, Timelike, Utc};
+use chrono::{DateTime, Days, NaiveDate, NaiveTime, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
@@ -229,11 +229,6 @@ impl Plan {
         self.tz
     }
 
-    /// The daily cap (0: none).
-    pub fn daily_cap(&self) -> u32 {
-        self.daily_cap
-    }
-
     fn quiet_at(&self, t: NaiveTime) -> bool {
         match self.quiet {
             None => false,
@@ -367,21 +362,10 @@ pub fn backoff(attempt: u32, base: u64) -> chrono::Duration {
     chrono::Duration::seconds(secs.min(3600) as i64)
 }
 
-/// Weekday-free helper for messages: "Sat 28 Nov 09:12 (Europe/Berlin)".
-pub fn local_label(plan: &Plan, t: DateTime<Utc>) -> String {
-    let l = t.with_timezone(&plan.tz);
-    format!(
-        "{} {:02} {} {}",
-        l.format("%a"),
-        l.day(),
-        l.format("%b %H:%M"),
-        plan.tz.name()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::Datelike;
 
     fn utc(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
