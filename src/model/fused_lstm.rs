@@ -277,20 +277,22 @@ mod tests {
         Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
     }
 
-    /// Forward and all three gradients of the fused op against candle's autograd on the
-    /// unfused formulation, with a loss that weights every output differently.
-    #[test]
-    fn fused_matches_autograd_reference() {
+    /// Forward (to 1e-5) and all three gradients (to 1e-4) of `layer` against candle's
+    /// autograd on the unfused formulation, with a loss that weights every output differently.
+    fn check_against_reference(
+        layer: fn(&Tensor, &Tensor, &Tensor) -> candle_core::Result<Tensor>,
+        label: &str,
+    ) {
         let (t, b, i, h) = (7, 5, 6, 16);
         let x = Var::from_tensor(&rand_tensor(&[t, b, i], 1, 1.5)).unwrap();
         let w_in = Var::from_tensor(&rand_tensor(&[4 * h, i], 3, 0.5)).unwrap();
         let w = Var::from_tensor(&rand_tensor(&[4 * h, h], 2, 0.4)).unwrap();
         let probe = rand_tensor(&[t, b, h], 4, 1.0);
 
-        let fused = lstm_sequence(&x, &w_in, &w).unwrap();
+        let fused = layer(&x, &w_in, &w).unwrap();
         let reference = lstm_reference(&x, &w_in, &w).unwrap();
         let fwd = crate::model::max_abs_diff(&fused, &reference);
-        println!("fused-lstm forward max diff {fwd:e}");
+        println!("{label} forward max diff {fwd:e}");
         assert!(fwd < 1e-5, "forward differs by {fwd}");
 
         let grads = |out: &Tensor| {
@@ -304,9 +306,21 @@ mod tests {
         let (gf, gr) = (grads(&fused), grads(&reference));
         for (name, v) in [("x", &x), ("w_in", &w_in), ("w_hh", &w)] {
             let d = crate::model::max_abs_diff(gf.get(v).unwrap(), gr.get(v).unwrap());
-            println!("fused-lstm d{name} max diff {d:e}");
+            println!("{label} d{name} max diff {d:e}");
             assert!(d < 1e-4, "gradient of {name} differs by {d}");
         }
+    }
+
+    #[test]
+    fn fused_matches_autograd_reference() {
+        check_against_reference(lstm_sequence, "fused-lstm");
+    }
+
+    /// The GPU path's cell op, run on the CPU: its CUDA kernels transcribe the functions
+    /// this checks.
+    #[test]
+    fn cell_op_matches_autograd_reference() {
+        check_against_reference(super::super::lstm_cell::lstm_cell_sequence, "lstm-cell");
     }
 
     /// Gradients of the fused op against central finite differences in f64 arithmetic on a

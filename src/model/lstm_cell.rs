@@ -2,7 +2,8 @@
 //! cell op, instead of the dozen small kernels of the unfused formulation. The cell op
 //! ([`LstmCellFwd`]) and its gradient ([`LstmCellBwd`]) run `lstm_cell.cu` on CUDA and the
 //! functions below on the CPU; the CUDA kernels are line-by-line transcriptions of them, and
-//! the CPU path is tested against candle's autograd on [`super::fused_lstm::lstm_reference`].
+//! the CPU path is tested against candle's autograd on [`super::fused_lstm::lstm_reference`]
+//! (in `fused_lstm`'s tests, beside the fused op's).
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
@@ -103,6 +104,28 @@ fn f32s<'a>(s: &'a CpuStorage, l: &Layout, op: &str, what: &str) -> candle_core:
     Ok(&s.as_slice::<f32>()?[a..b])
 }
 
+/// Runs `cell` for each of the `bh` cells over three contiguous f32 inputs into an output of
+/// `per_cell * bh` floats: the CPU side of both ops, as the CUDA kernels run one thread a cell.
+fn cpu_cells(
+    op: &str,
+    bh: usize,
+    args: [(&CpuStorage, &Layout, &str); 3],
+    per_cell: usize,
+    cell: impl Fn(usize, usize, [&[f32]; 3], &mut [f32]),
+) -> candle_core::Result<CpuStorage> {
+    let [a, b, c] = args;
+    let inputs = [
+        f32s(a.0, a.1, op, a.2)?,
+        f32s(b.0, b.1, op, b.2)?,
+        f32s(c.0, c.1, op, c.2)?,
+    ];
+    let mut out = vec![0f32; per_cell * bh];
+    for j in 0..bh {
+        cell(j, bh, inputs, &mut out);
+    }
+    Ok(CpuStorage::F32(out))
+}
+
 /// (B, H) of a cell op's arguments, checked.
 fn cell_dims(
     gates: &Layout,
@@ -142,17 +165,11 @@ impl CustomOp3 for LstmCellFwd {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (b, h) = cell_dims(l1, l3, Some(l2), self.name())?;
-        let (xp, hw, cp) = (
-            f32s(s1, l1, self.name(), "xp")?,
-            f32s(s2, l2, self.name(), "hw")?,
-            f32s(s3, l3, self.name(), "c_prev")?,
-        );
-        let bh = b * h;
-        let mut out = vec![0f32; 2 * bh];
-        for j in 0..bh {
-            cell_forward(j, bh, h, xp, hw, cp, &mut out);
-        }
-        Ok((CpuStorage::F32(out), Shape::from((2, b, h))))
+        let args = [(s1, l1, "xp"), (s2, l2, "hw"), (s3, l3, "c_prev")];
+        let out = cpu_cells(self.name(), b * h, args, 2, |j, bh, [xp, hw, cp], out| {
+            cell_forward(j, bh, h, xp, hw, cp, out)
+        })?;
+        Ok((out, Shape::from((2, b, h))))
     }
 
     #[cfg(feature = "cuda")]
@@ -209,17 +226,15 @@ impl CustomOp3 for LstmCellBwd {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (b, h) = cell_dims(l1, l2, Some(l3), self.name())?;
-        let (gates, cp, grad) = (
-            f32s(s1, l1, self.name(), "gates")?,
-            f32s(s2, l2, self.name(), "c_prev")?,
-            f32s(s3, l3, self.name(), "grad")?,
-        );
-        let bh = b * h;
-        let mut out = vec![0f32; 5 * bh];
-        for j in 0..bh {
-            cell_backward(j, bh, h, gates, cp, grad, &mut out);
-        }
-        Ok((CpuStorage::F32(out), Shape::from(5 * bh)))
+        let args = [(s1, l1, "gates"), (s2, l2, "c_prev"), (s3, l3, "grad")];
+        let out = cpu_cells(
+            self.name(),
+            b * h,
+            args,
+            5,
+            |j, bh, [gates, cp, grad], out| cell_backward(j, bh, h, gates, cp, grad, out),
+        )?;
+        Ok((out, Shape::from(5 * b * h)))
     }
 
     #[cfg(feature = "cuda")]
@@ -289,58 +304,5 @@ mod cuda {
         // SAFETY: the argument list matches the kernel's signature in lstm_cell.cu.
         unsafe { builder.launch(LaunchConfig::for_num_elems(bh)) }.w()?;
         Ok(CudaStorage::wrap_cuda_slice(out, dev))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::fused_lstm::lstm_reference;
-    use candle_core::{Device, Var};
-
-    fn rand_tensor(shape: &[usize], seed: u64, scale: f32) -> Tensor {
-        let n: usize = shape.iter().product();
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let data: Vec<f32> = (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale
-            })
-            .collect();
-        Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
-    }
-
-    /// The cell-op layer against candle's autograd on the unfused formulation: forward and
-    /// the gradients of all three inputs, to 1e-4 (what the CUDA kernels transcribe).
-    #[test]
-    fn cell_op_matches_the_unfused_reference() {
-        let (t, b, i, h) = (6, 4, 5, 8);
-        let x = Var::from_tensor(&rand_tensor(&[t, b, i], 1, 1.5)).unwrap();
-        let w_in = Var::from_tensor(&rand_tensor(&[4 * h, i], 3, 0.5)).unwrap();
-        let w = Var::from_tensor(&rand_tensor(&[4 * h, h], 2, 0.4)).unwrap();
-        let probe = rand_tensor(&[t, b, h], 4, 1.0);
-        let ours = lstm_cell_sequence(&x, &w_in, &w).unwrap();
-        let reference = lstm_reference(&x, &w_in, &w).unwrap();
-        let fwd = crate::model::max_abs_diff(&ours, &reference);
-        assert!(fwd < 1e-5, "forward differs by {fwd}");
-        let grads = |out: &Tensor| {
-            let g = out
-                .mul(&probe)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            [&x, &w_in, &w].map(|v| g.get(v.as_tensor()).unwrap().clone())
-        };
-        for (name, (a, b)) in ["x", "w_in", "w_hh"]
-            .iter()
-            .zip(grads(&ours).iter().zip(grads(&reference).iter()))
-        {
-            let d = crate::model::max_abs_diff(a, b);
-            assert!(d < 1e-4, "d{name} differs by {d}");
-        }
     }
 }
