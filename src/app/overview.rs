@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 
 use super::bots::{self, ImportRequest};
-use super::posting::{self, Mode, PostingSetup};
+use super::posting::{self, Mode, PostingSetup, QueueSummary};
 use super::{Config, Home};
 use crate::schedule::Clock;
 use crate::store::{QueueStatus, Store};
@@ -41,12 +41,12 @@ pub struct BotOverview {
     pub mode: Mode,
 }
 
-/// Every bot at a glance, by name.
+/// Every bot at a glance, by name, each with its queue (one read of the store for both).
 pub fn overview(
     setup: &PostingSetup,
     store: &Store,
     clock: &dyn Clock,
-) -> Result<Vec<BotOverview>> {
+) -> Result<Vec<(BotOverview, QueueSummary)>> {
     let queues = posting::summary(setup, store, None, clock)?;
     let mut out = Vec::new();
     for ((bot, counts), q) in bots::list_bots(store)?.into_iter().zip(queues) {
@@ -55,7 +55,7 @@ pub fn overview(
             Some(&r.checkpoint_dir) == bot.active_checkpoint.as_ref() && r.kind != "search"
         });
         let last = runs.iter().rev().find(|r| r.kind != "search");
-        out.push(BotOverview {
+        let view = BotOverview {
             name: bot.name.clone(),
             handle: bot.handle.clone(),
             kept: counts.kept,
@@ -72,8 +72,9 @@ pub fn overview(
             } else {
                 None
             },
-            mode: q.mode,
-        });
+            mode: q.mode.clone(),
+        };
+        out.push((view, q));
     }
     Ok(out)
 }

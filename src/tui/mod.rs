@@ -85,7 +85,10 @@ impl App {
 
     /// Reloads bots, and the selected bot's candidates and queue, from the store.
     pub fn refresh(&mut self) -> Result<()> {
-        let bots = overview::overview(&self.setup(), &self.store, &SystemClock)?;
+        let (bots, mut queues): (Vec<_>, Vec<_>) =
+            overview::overview(&self.setup(), &self.store, &SystemClock)?
+                .into_iter()
+                .unzip();
         self.state.bots = bots;
         self.state.clamp();
         let Some(bot) = self.state.bot().cloned() else {
@@ -97,28 +100,27 @@ impl App {
         let mut c = cands::list(&self.store, &bot.name, None)?;
         c.reverse();
         self.state.candidates = c;
-        let q = posting::summary(&self.setup(), &self.store, Some(&bot.name), &SystemClock)?;
-        if let Some(q) = q.into_iter().next() {
-            let scheduler = if posting::PostingLock::is_held(&self.home) {
-                "scheduler running"
-            } else {
-                "scheduler not running: start it with `aviary schedule run`"
-            };
-            let next = q
-                .planned
-                .first()
-                .filter(|_| q.enabled)
-                .map(|t| format!(" · next post {}", t.format("%m-%d %H:%M UTC")))
-                .unwrap_or_default();
-            self.state.posting_line = format!(
-                "{} · schedule {}{next} · {} posts/day ≈ ${:.2}/day · {scheduler}",
-                q.mode,
-                if q.enabled { "on" } else { "off" },
-                q.posts_per_day,
-                q.cost_per_day
-            );
-            self.state.queue = q.entries;
-        }
+        // The selected bot's queue, from the same read as the bots list.
+        let q = queues.swap_remove(self.state.bot_sel);
+        let scheduler = if posting::PostingLock::is_held(&self.home) {
+            "scheduler running"
+        } else {
+            "scheduler not running: start it with `aviary schedule run`"
+        };
+        let next = q
+            .planned
+            .first()
+            .filter(|_| q.enabled)
+            .map(|t| format!(" · next post {}", t.format("%m-%d %H:%M UTC")))
+            .unwrap_or_default();
+        self.state.posting_line = format!(
+            "{} · schedule {}{next} · {} posts/day ≈ ${:.2}/day · {scheduler}",
+            q.mode,
+            if q.enabled { "on" } else { "off" },
+            q.posts_per_day,
+            q.cost_per_day
+        );
+        self.state.queue = q.entries;
         self.state.clamp();
         Ok(())
     }
