@@ -37,6 +37,27 @@ pub fn lstm_sequence(x: &Tensor, w_in: &Tensor, w_hh: &Tensor) -> candle_core::R
 /// The unfused formulation, step by step with candle ops: the reference the fused op is
 /// tested against, and the path on devices the fused op does not run on.
 pub fn lstm_reference(x: &Tensor, w_in: &Tensor, w_hh: &Tensor) -> candle_core::Result<Tensor> {
+    unrolled(x, w_in, w_hh, |xp, hw, c| {
+        let hidden = c.dim(1)?;
+        // gates: [B, 4H]
+        let gates = xp.add(hw)?;
+        let i = candle_nn::ops::sigmoid(&gates.narrow(1, 0, hidden)?)?;
+        let f = candle_nn::ops::sigmoid(&gates.narrow(1, hidden, hidden)?)?;
+        let g = gates.narrow(1, 2 * hidden, hidden)?.tanh()?;
+        let o = candle_nn::ops::sigmoid(&gates.narrow(1, 3 * hidden, hidden)?)?;
+        let c = f.mul(c)?.add(&i.mul(&g)?)?;
+        Ok((o.mul(&c.tanh()?)?, c))
+    })
+}
+
+/// An LSTM layer unrolled over time with candle ops: the input projection of all steps in one
+/// matmul, then per step `cell(xp_t [B,4H], h_prev W_hh^T [B,4H], c_prev [B,H]) -> (h, c)`.
+pub(crate) fn unrolled(
+    x: &Tensor,
+    w_in: &Tensor,
+    w_hh: &Tensor,
+    cell: impl Fn(&Tensor, &Tensor, &Tensor) -> candle_core::Result<(Tensor, Tensor)>,
+) -> candle_core::Result<Tensor> {
     let (steps, batch, inputs) = x.dims3()?;
     let hidden = w_hh.dim(1)?;
     // The input projection of all time steps in one matmul: [TB, I] x [I, 4H].
@@ -49,14 +70,7 @@ pub fn lstm_reference(x: &Tensor, w_in: &Tensor, w_hh: &Tensor) -> candle_core::
     let mut c = h.clone();
     let mut hs = Vec::with_capacity(steps);
     for t in 0..steps {
-        // gates: [B, 4H]
-        let gates = xproj.get(t)?.add(&h.matmul(&w_t)?)?;
-        let i = candle_nn::ops::sigmoid(&gates.narrow(1, 0, hidden)?)?;
-        let f = candle_nn::ops::sigmoid(&gates.narrow(1, hidden, hidden)?)?;
-        let g = gates.narrow(1, 2 * hidden, hidden)?.tanh()?;
-        let o = candle_nn::ops::sigmoid(&gates.narrow(1, 3 * hidden, hidden)?)?;
-        c = f.mul(&c)?.add(&i.mul(&g)?)?;
-        h = o.mul(&c.tanh()?)?;
+        (h, c) = cell(&xproj.get(t)?, &h.matmul(&w_t)?, &c)?;
         hs.push(h.clone());
     }
     Tensor::stack(&hs, 0)

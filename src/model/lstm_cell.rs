@@ -65,26 +65,11 @@ fn cell_backward(
 /// Runs an LSTM layer over a sequence from zero state with the cell op: same arguments and
 /// result as [`super::fused_lstm::lstm_sequence`].
 pub fn lstm_cell_sequence(x: &Tensor, w_in: &Tensor, w_hh: &Tensor) -> candle_core::Result<Tensor> {
-    let (steps, batch, inputs) = x.dims3()?;
-    let hidden = w_hh.dim(1)?;
-    // The input projection of all time steps in one matmul: [TB, I] x [I, 4H].
-    let xproj = x
-        .reshape((steps * batch, inputs))?
-        .matmul(&w_in.t()?)?
-        .reshape((steps, batch, 4 * hidden))?;
-    let w_t = w_hh.t()?;
-    let mut h = Tensor::zeros((batch, hidden), x.dtype(), x.device())?;
-    let mut c = h.clone();
-    let mut hs = Vec::with_capacity(steps);
-    for t in 0..steps {
-        let hw = h.matmul(&w_t)?;
+    super::fused_lstm::unrolled(x, w_in, w_hh, |xp, hw, c| {
         // Its `bwd` runs LstmCellBwd.
-        let hc = xproj.get(t)?.apply_op3(&hw, &c, LstmCellFwd)?;
-        h = hc.get(0)?;
-        c = hc.get(1)?;
-        hs.push(h.clone());
-    }
-    Tensor::stack(&hs, 0)
+        let hc = xp.apply_op3(hw, c, LstmCellFwd)?;
+        Ok((hc.get(0)?, hc.get(1)?))
+    })
 }
 
 /// The cell's forward pass: (xp [B,4H], hw [B,4H], c_prev [B,H]) → [2, B, H] (h, then c).
