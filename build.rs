@@ -1,14 +1,14 @@
-//! With the `cuda` feature, compiles the LSTM cell kernels (`src/model/lstm_cell.cu`) to PTX
+//! With the `cuda` feature, compiles aviary's CUDA kernels (`src/model/kernels.cu`) to PTX
 //! with nvcc; the default build needs nothing.
 
 fn main() {
-    println!("cargo:rerun-if-changed=src/model/lstm_cell.cu");
+    println!("cargo:rerun-if-changed=src/model/kernels.cu");
     println!("cargo:rerun-if-changed=build.rs");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
     }
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let ptx = out.join("lstm_cell.ptx");
+    let ptx = out.join("kernels.ptx");
     // PTX for compute 7.5 (the oldest CUDA 13 supports) is compiled by the driver for
     // whatever GPU runs it.
     let status = std::process::Command::new("nvcc")
@@ -16,7 +16,7 @@ fn main() {
             "--ptx",
             "-O3",
             "-arch=compute_75",
-            "src/model/lstm_cell.cu",
+            "src/model/kernels.cu",
             "-o",
         ])
         .arg(&ptx)
@@ -24,5 +24,5 @@ fn main() {
         .unwrap_or_else(|e| {
             panic!("the cuda feature needs nvcc on PATH ({e}); see README, GPU (CUDA)")
         });
-    assert!(status.success(), "nvcc failed on src/model/lstm_cell.cu");
+    assert!(status.success(), "nvcc failed on src/model/kernels.cu");
 }

@@ -2,36 +2,45 @@
 //! backward (BPTT), next to the unfused reference it must match.
 //!
 //! The op does the input projection of every time step as one big matmul, then per step one
-//! [B, H] x [H, 4H] matmul plus one tight loop over the gates. Biases ride along as an extra
-//! input column of ones, so the op has three inputs and candle's autograd only ever sees the
-//! small input and weight tensors, never the [T, B, 4H] gates.
-//! The forward pass keeps the gate activations and cell states for the backward pass inside
-//! the op (candle keeps the op alive in the graph), so nothing is recomputed. Gate order is
-//! i, f, g, o, as in PyTorch and `candle_nn::rnn`.
+//! [B, H] x [H, 4H] matmul plus one pass over the gates ([`super::lstm_plan`], run on the CPU
+//! or with cuBLAS on CUDA). Biases ride along as an extra input column of ones, so the op has
+//! three inputs and candle's autograd only ever sees the small input and weight tensors, never
+//! the [T, B, 4H] gates. The forward pass keeps the gate activations and cell states for the
+//! backward pass inside the op (candle keeps the op alive in the graph), so nothing is
+//! recomputed. Gate order is i, f, g, o, as in PyTorch and `candle_nn::rnn`.
 
 use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor};
 
-use super::kernels::{gemm, par_cell_backward, par_cell_forward, Mat, PackedB};
+use super::lstm_plan::{self, Buf, CpuEngine, Dims};
 
 /// Runs an LSTM layer over a sequence from zero state: `x` [T, B, I] is the layer input
 /// with a last column of ones, `w_in` [4H, I] is W_ih with the summed biases as last column,
-/// `w_hh` [4H, H]; returns the hidden states [T, B, H]. On the CPU this is the fused op; on
-/// CUDA a cuBLAS matmul and one fused cell kernel per step ([`super::lstm_cell`]); in other
-/// dtypes the unfused candle ops.
+/// `w_hh` [4H, H]; returns the hidden states [T, B, H]. In f32 on the CPU and on CUDA this is
+/// the fused op (on CUDA: cuBLAS and two kernels, see [`super::lstm_cuda`]); with
+/// `AVIARY_CUDA_LSTM=cell`, CUDA runs the per-step cell op instead ([`super::lstm_cell`]);
+/// other dtypes run the unfused candle ops.
 pub fn lstm_sequence(x: &Tensor, w_in: &Tensor, w_hh: &Tensor) -> candle_core::Result<Tensor> {
-    if x.dtype() != DType::F32 {
+    let device = x.device();
+    if x.dtype() != DType::F32 || !(device.is_cpu() || device.is_cuda()) {
         lstm_reference(x, w_in, w_hh)
-    } else if x.device().is_cpu() {
+    } else if device.is_cuda() && cuda_cell_path() {
+        super::lstm_cell::lstm_cell_sequence(x, w_in, w_hh)
+    } else {
         x.contiguous()?.apply_op3(
             &w_in.contiguous()?,
             &w_hh.contiguous()?,
             FusedLstm::default(),
         )
-    } else {
-        super::lstm_cell::lstm_cell_sequence(x, w_in, w_hh)
     }
+}
+
+/// Whether `AVIARY_CUDA_LSTM=cell` asks CUDA for the per-step cell op (read once): the
+/// alternative GPU path, kept until both have been measured on a GPU.
+fn cuda_cell_path() -> bool {
+    static CELL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CELL.get_or_init(|| std::env::var("AVIARY_CUDA_LSTM").is_ok_and(|v| v == "cell"))
 }
 
 /// The unfused formulation, step by step with candle ops: the reference the fused op is
@@ -76,17 +85,19 @@ pub(crate) fn unrolled(
     Tensor::stack(&hs, 0)
 }
 
-/// What the forward pass keeps for the backward pass.
-struct Saved {
-    /// Activated gates [T, B, 4H].
-    acts: Vec<f32>,
-    /// Cell states [T, B, H].
-    c: Vec<f32>,
-    /// tanh of the cell states [T, B, H].
-    tanh_c: Vec<f32>,
+/// What the forward pass keeps for the backward pass: the activated gates [T, B, 4H], the cell
+/// states and their tanh [T, B, H].
+enum Saved {
+    Cpu {
+        acts: Vec<f32>,
+        c: Vec<f32>,
+        tanh_c: Vec<f32>,
+    },
+    #[cfg(feature = "cuda")]
+    Cuda(super::lstm_cuda::Saved),
 }
 
-/// The fused LSTM layer op; see [`lstm_sequence`].
+/// The fused LSTM layer op; see [`lstm_sequence`]. Both passes run [`lstm_plan`]'s plan.
 #[derive(Default)]
 pub struct FusedLstm {
     saved: Mutex<Option<Arc<Saved>>>,
@@ -103,16 +114,24 @@ fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core:
     Ok(&s.as_slice::<f32>()?[start..end])
 }
 
-/// The f32 data of a contiguous CPU tensor's storage, borrowed (no copy).
-fn cpu_f32<'a>(
-    storage: &'a Storage,
-    layout: &Layout,
-    what: &str,
-) -> candle_core::Result<&'a [f32]> {
-    match storage {
-        Storage::Cpu(cpu) => contiguous_f32(cpu, layout, what),
-        _ => candle_core::bail!("fused-lstm: {what} is not on the CPU"),
+/// The run's sizes from the layouts of x [T,B,I], w_in [4H,I] and w_hh [4H,H], checked.
+fn dims(x: &Layout, w_in: &Layout, w_hh: &Layout) -> candle_core::Result<Dims> {
+    let (steps, batch, inputs) = x.shape().dims3()?;
+    let (g4, hidden) = w_hh.shape().dims2()?;
+    if g4 != 4 * hidden || w_in.shape().dims2()? != (g4, inputs) || steps == 0 {
+        candle_core::bail!(
+            "fused-lstm: shapes disagree: x {:?}, w_in {:?}, w_hh {:?} (want [T,B,I], [4H,I], [4H,H], T > 0)",
+            x.shape(),
+            w_in.shape(),
+            w_hh.shape()
+        );
     }
+    Ok(Dims {
+        steps,
+        batch,
+        inputs,
+        hidden,
+    })
 }
 
 impl CustomOp3 for FusedLstm {
@@ -129,59 +148,46 @@ impl CustomOp3 for FusedLstm {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (steps, batch, inputs) = l1.shape().dims3()?;
-        let (g4, hidden) = l3.shape().dims2()?;
-        if g4 != 4 * hidden || l2.shape().dims2()? != (g4, inputs) {
-            candle_core::bail!(
-                "fused-lstm: shapes disagree: x {:?}, w_in {:?}, w_hh {:?} (want [T,B,I], [4H,I], [4H,H])",
-                l1.shape(),
-                l2.shape(),
-                l3.shape()
-            );
-        }
-        let x = contiguous_f32(s1, l1, "x")?;
-        let w_in = contiguous_f32(s2, l2, "w_in")?;
-        let w = contiguous_f32(s3, l3, "w_hh")?;
-        let bh = batch * hidden;
-
-        // acts starts as the input projection of every step (biases included) and becomes the
-        // activated gates, step by step: [TB, I] x [I, 4H].
-        let mut acts = vec![0f32; steps * batch * g4];
-        gemm(
-            &mut acts,
-            Mat::new(x, steps * batch, inputs),
-            Mat::new(w_in, g4, inputs).t(),
-            false,
+        let d = dims(l1, l2, l3)?;
+        let (tbh, tbg) = (
+            d.steps * d.batch * d.hidden,
+            d.steps * d.batch * 4 * d.hidden,
         );
-        let mut c = vec![0f32; steps * bh];
-        let mut tanh_c = vec![0f32; steps * bh];
-        let mut h = vec![0f32; steps * bh];
-        // w_hh^T packed once for the 31 products below.
-        let w_t = PackedB::pack(Mat::new(w, g4, hidden).t());
-        for t in 0..steps {
-            let gates = &mut acts[t * batch * g4..(t + 1) * batch * g4];
-            let (h_before, h_rest) = h.split_at_mut(t * bh);
-            let (c_before, c_rest) = c.split_at_mut(t * bh);
-            let c_prev = if t > 0 {
-                // gates += h_{t-1} @ w_hh^T: [B, H] x [H, 4H]
-                w_t.gemm(gates, &h_before[(t - 1) * bh..], true);
-                Some(&c_before[(t - 1) * bh..])
-            } else {
-                None
-            };
-            let tc = &mut tanh_c[t * bh..(t + 1) * bh];
-            par_cell_forward(
-                gates,
-                c_prev,
-                &mut c_rest[..bh],
-                tc,
-                &mut h_rest[..bh],
-                hidden,
-            );
+        let mut e = CpuEngine::default();
+        e.lend(Buf::X, contiguous_f32(s1, l1, "x")?);
+        e.lend(Buf::WIn, contiguous_f32(s2, l2, "w_in")?);
+        e.lend(Buf::WHh, contiguous_f32(s3, l3, "w_hh")?);
+        e.give(Buf::Acts, vec![0f32; tbg]);
+        for buf in [Buf::C, Buf::TanhC, Buf::H] {
+            e.give(buf, vec![0f32; tbh]);
         }
-        *self.saved.lock().expect("fused-lstm state poisoned") =
-            Some(Arc::new(Saved { acts, c, tanh_c }));
-        Ok((CpuStorage::F32(h), Shape::from((steps, batch, hidden))))
+        lstm_plan::forward(&mut e, d)?;
+        let saved = Saved::Cpu {
+            acts: e.take(Buf::Acts),
+            c: e.take(Buf::C),
+            tanh_c: e.take(Buf::TanhC),
+        };
+        *self.saved.lock().expect("fused-lstm state poisoned") = Some(Arc::new(saved));
+        Ok((
+            CpuStorage::F32(e.take(Buf::H)),
+            Shape::from((d.steps, d.batch, d.hidden)),
+        ))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let d = dims(l1, l2, l3)?;
+        let (h, saved) = super::lstm_cuda::forward([(s1, l1), (s2, l2), (s3, l3)], d)?;
+        *self.saved.lock().expect("fused-lstm state poisoned") = Some(Arc::new(Saved::Cuda(saved)));
+        Ok((h, Shape::from((d.steps, d.batch, d.hidden))))
     }
 
     fn bwd(
@@ -202,70 +208,104 @@ impl CustomOp3 for FusedLstm {
         };
         let (steps, batch, inputs) = x.dims3()?;
         let (g4, hidden) = w_hh.dims2()?;
-        let bh = batch * hidden;
-        let grad_res = grad_res.contiguous()?;
-        let mut dgates = vec![0f32; steps * batch * g4];
-        let mut dw = vec![0f32; g4 * hidden];
-        let mut dx = vec![0f32; steps * batch * inputs];
-        let mut dw_in = vec![0f32; g4 * inputs];
-        let (w_st, w_l) = w_hh.storage_and_layout();
-        let (dh_st, dh_l) = grad_res.storage_and_layout();
-        let (h_st, h_l) = res.storage_and_layout();
-        let (wi_st, wi_l) = w_in.storage_and_layout();
-        let (x_st, x_l) = x.storage_and_layout();
-        let w = cpu_f32(&w_st, w_l, "w_hh")?;
-        let dh_out = cpu_f32(&dh_st, dh_l, "grad")?;
-        let h = cpu_f32(&h_st, h_l, "h")?;
-        let w_in = cpu_f32(&wi_st, wi_l, "w_in")?;
-        let x = cpu_f32(&x_st, x_l, "x")?;
-
-        let mut dh = vec![0f32; bh];
-        let mut dc = vec![0f32; bh];
-        let w_packed = PackedB::pack(Mat::new(w, g4, hidden));
-        for t in (0..steps).rev() {
-            // dh_t = dL/dh_t from above + dgates_{t+1} @ w_hh: [B, 4H] x [4H, H]
-            dh.copy_from_slice(&dh_out[t * bh..(t + 1) * bh]);
-            let (dg_now, dg_next) = dgates.split_at_mut((t + 1) * batch * g4);
-            if t + 1 < steps {
-                w_packed.gemm(&mut dh, &dg_next[..batch * g4], true);
-            }
-            let c_prev = (t > 0).then(|| &saved.c[(t - 1) * bh..t * bh]);
-            par_cell_backward(
-                &saved.acts[t * batch * g4..(t + 1) * batch * g4],
-                c_prev,
-                &saved.tanh_c[t * bh..(t + 1) * bh],
-                &dh,
-                &mut dc,
-                &mut dg_now[t * batch * g4..],
-                hidden,
-            );
-        }
-        // dw_hh = sum_t dgates_t^T @ h_{t-1}: one [4H, (T-1)B] x [(T-1)B, H] matmul.
-        let rows = (steps - 1) * batch;
-        if rows > 0 {
-            let dg = Mat::new(&dgates[batch * g4..], rows, g4).t();
-            gemm(
-                &mut dw,
-                dg,
-                Mat::new(&h[..rows * hidden], rows, hidden),
-                false,
-            );
-        }
-        // dx = dgates @ w_in: [TB, 4H] x [4H, I]; dw_in = dgates^T @ x: [4H, TB] x [TB, I].
-        let all = Mat::new(&dgates, steps * batch, g4);
-        gemm(&mut dx, all, Mat::new(w_in, g4, inputs), false);
-        gemm(
-            &mut dw_in,
-            all.t(),
-            Mat::new(x, steps * batch, inputs),
-            false,
-        );
-        let dev = w_hh.device();
+        let grad = FusedLstmGrad {
+            saved,
+            h: res.clone(),
+            grad: grad_res.contiguous()?,
+        };
+        // [dx | dw_in | dw_hh], flat.
+        let all = x.apply_op3_no_bwd(w_in, w_hh, &grad)?;
+        let (nx, nw) = (steps * batch * inputs, g4 * inputs);
         Ok((
-            Some(Tensor::from_vec(dx, (steps, batch, inputs), dev)?),
-            Some(Tensor::from_vec(dw_in, (g4, inputs), dev)?),
-            Some(Tensor::from_vec(dw, (g4, hidden), dev)?),
+            Some(all.narrow(0, 0, nx)?.reshape((steps, batch, inputs))?),
+            Some(all.narrow(0, nx, nw)?.reshape((g4, inputs))?),
+            Some(all.narrow(0, nx + nw, g4 * hidden)?.reshape((g4, hidden))?),
         ))
+    }
+}
+
+/// The layer's backward pass as an op over (x, w_in, w_hh), holding the rest: the saved state,
+/// the output h and dL/dh. Returns dx, dw_in and dw_hh end to end in one flat tensor.
+struct FusedLstmGrad {
+    saved: Arc<Saved>,
+    h: Tensor,
+    grad: Tensor,
+}
+
+impl CustomOp3 for FusedLstmGrad {
+    fn name(&self) -> &'static str {
+        "fused-lstm-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let d = dims(l1, l2, l3)?;
+        let (acts, c, tanh_c) = match &*self.saved {
+            Saved::Cpu { acts, c, tanh_c } => (acts, c, tanh_c),
+            #[cfg(feature = "cuda")]
+            Saved::Cuda(_) => candle_core::bail!("fused-lstm: the forward pass ran on the GPU"),
+        };
+        let (h_st, h_l) = self.h.storage_and_layout();
+        let (g_st, g_l) = self.grad.storage_and_layout();
+        let (Storage::Cpu(h_st), Storage::Cpu(g_st)) = (&*h_st, &*g_st) else {
+            candle_core::bail!("fused-lstm: h or its gradient is not on the CPU");
+        };
+        let (bh, g4) = (d.batch * d.hidden, 4 * d.hidden);
+        let mut e = CpuEngine::default();
+        e.lend(Buf::X, contiguous_f32(s1, l1, "x")?);
+        e.lend(Buf::WIn, contiguous_f32(s2, l2, "w_in")?);
+        e.lend(Buf::WHh, contiguous_f32(s3, l3, "w_hh")?);
+        e.lend(Buf::H, contiguous_f32(h_st, h_l, "h")?);
+        e.lend(Buf::Acts, acts);
+        e.lend(Buf::C, c);
+        e.lend(Buf::TanhC, tanh_c);
+        e.give(Buf::Dh, contiguous_f32(g_st, g_l, "grad")?.to_vec());
+        e.give(Buf::Dc, vec![0f32; bh]);
+        e.give(Buf::DGates, vec![0f32; d.steps * d.batch * g4]);
+        e.give(Buf::Dx, vec![0f32; d.steps * d.batch * d.inputs]);
+        e.give(Buf::DWIn, vec![0f32; g4 * d.inputs]);
+        e.give(Buf::DWHh, vec![0f32; g4 * d.hidden]);
+        lstm_plan::backward(&mut e, d)?;
+        let mut all = e.take(Buf::Dx);
+        all.extend_from_slice(&e.take(Buf::DWIn));
+        all.extend_from_slice(&e.take(Buf::DWHh));
+        let len = all.len();
+        Ok((CpuStorage::F32(all), Shape::from(len)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let d = dims(l1, l2, l3)?;
+        let Saved::Cuda(saved) = &*self.saved else {
+            candle_core::bail!("fused-lstm: the forward pass ran on the CPU");
+        };
+        let (h_st, h_l) = self.h.storage_and_layout();
+        let (g_st, g_l) = self.grad.storage_and_layout();
+        let (Storage::Cuda(h_st), Storage::Cuda(g_st)) = (&*h_st, &*g_st) else {
+            candle_core::bail!("fused-lstm: h or its gradient is not on the GPU");
+        };
+        let all = super::lstm_cuda::backward(
+            [(s1, l1), (s2, l2), (s3, l3), (h_st, h_l), (g_st, g_l)],
+            saved,
+            d,
+        )?;
+        let len = d.steps * d.batch * d.inputs + 4 * d.hidden * (d.inputs + d.hidden);
+        Ok((all, Shape::from(len)))
     }
 }
 

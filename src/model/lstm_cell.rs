@@ -1,6 +1,6 @@
 //! The LSTM layer for GPUs: per time step one cuBLAS matmul (through candle) and one fused
 //! cell op, instead of the dozen small kernels of the unfused formulation. The cell op
-//! ([`LstmCellFwd`]) and its gradient ([`LstmCellBwd`]) run `lstm_cell.cu` on CUDA and the
+//! ([`LstmCellFwd`]) and its gradient ([`LstmCellBwd`]) run `kernels.cu` on CUDA and the
 //! functions below on the CPU; the CUDA kernels are line-by-line transcriptions of them, and
 //! the CPU path is tested against candle's autograd on [`super::fused_lstm::lstm_reference`]
 //! (in `fused_lstm`'s tests, beside the fused op's).
@@ -9,7 +9,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 /// The cell's forward pass for element `j` = (row b, unit k) of a [B, H] state: reads the
 /// step's input projection and recurrent term, writes h into `out[j]` and c into
-/// `out[bh + j]`. As `lstm_cell_fwd` in `lstm_cell.cu`.
+/// `out[bh + j]`. As `lstm_cell_fwd` in `kernels.cu`.
 #[inline]
 fn cell_forward(
     j: usize,
@@ -251,8 +251,7 @@ mod cuda {
     use candle_core::cuda_backend::WrapErr;
     use candle_core::{CudaStorage, Layout};
 
-    /// `lstm_cell.cu`, compiled to PTX by build.rs.
-    const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/lstm_cell.ptx"));
+    use crate::model::lstm_cuda::{MODULE, PTX};
 
     /// Launches kernel `name` over the B*H cells with three contiguous f32 inputs and an
     /// output of `out_len` floats.
@@ -274,7 +273,7 @@ mod cuda {
             };
             slices.push(s.as_cuda_slice::<f32>()?.slice(a..b));
         }
-        let func = dev.get_or_load_custom_func(name, "aviary_lstm_cell", PTX)?;
+        let func = dev.get_or_load_custom_func(name, MODULE, PTX)?;
         // SAFETY: every element is written by the kernel before it is read.
         let out = unsafe { dev.alloc::<f32>(out_len)? };
         let bh = (batch * hidden) as u32;
@@ -286,7 +285,7 @@ mod cuda {
             builder.arg(s);
         }
         builder.arg(&out);
-        // SAFETY: the argument list matches the kernel's signature in lstm_cell.cu.
+        // SAFETY: the argument list matches the kernel's signature in kernels.cu.
         unsafe { builder.launch(LaunchConfig::for_num_elems(bh)) }.w()?;
         Ok(CudaStorage::wrap_cuda_slice(out, dev))
     }

@@ -6,10 +6,14 @@
 //! Knows no corpus, bot, database or screen.
 
 pub mod checkpoint;
+pub mod dropout;
 pub mod fused_lstm;
 pub mod kernels;
 pub mod loss;
 pub mod lstm_cell;
+#[cfg(feature = "cuda")]
+pub mod lstm_cuda;
+pub mod lstm_plan;
 pub mod step;
 pub mod vocab;
 
@@ -23,6 +27,7 @@ use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
 pub use checkpoint::{Card, Checkpoint};
+pub use dropout::Dropout;
 pub use step::{StepState, StepWeights};
 pub use vocab::{Vocab, EOT, UNK};
 
@@ -105,41 +110,6 @@ struct LstmLayer {
     b_ih: Tensor,
     /// [4H]
     b_hh: Tensor,
-}
-
-/// Training-time dropout with its own seeded generator, so a resumed run draws the same masks.
-pub struct Dropout {
-    rate: f32,
-    rng: ChaCha8Rng,
-}
-
-impl Dropout {
-    /// Dropout at `rate`, masks drawn from `seed`.
-    pub fn new(rate: f32, seed: u64) -> Self {
-        Dropout {
-            rate,
-            rng: ChaCha8Rng::seed_from_u64(seed),
-        }
-    }
-
-    /// Zeroes each element with probability `rate` and scales the rest by 1/(1-rate).
-    fn apply(&mut self, x: &Tensor) -> Result<Tensor> {
-        if self.rate <= 0.0 {
-            return Ok(x.clone());
-        }
-        let keep = 1.0 / (1.0 - self.rate);
-        let mask: Vec<f32> = (0..x.elem_count())
-            .map(|_| {
-                if self.rng.random::<f32>() < self.rate {
-                    0.0
-                } else {
-                    keep
-                }
-            })
-            .collect();
-        let mask = Tensor::from_vec(mask, x.shape(), x.device())?;
-        Ok(x.mul(&mask)?)
-    }
 }
 
 /// The model: plain tensors built by [`CharLstm::load`]; `forward` runs it over a batch.
@@ -227,10 +197,7 @@ impl CharLstm {
         dropout: Option<&mut Dropout>,
     ) -> Result<Tensor> {
         let logits = self.forward(ids, dropout)?;
-        Ok(candle_nn::loss::cross_entropy(
-            &logits,
-            &targets.flatten_all()?,
-        )?)
+        Ok(loss::cross_entropy(&logits, &targets.flatten_all()?)?)
     }
 
     /// The weights, by name (shares storage with the model).

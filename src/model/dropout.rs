@@ -1,0 +1,202 @@
+//! Training-time dropout whose masks are a hash of (seed, call, element): drawn where the
+//! tensor lives (a CUDA kernel on the GPU, a loop on the CPU, the same bits on both), nothing
+//! generated on the host or copied per step, and a resumed run draws the same masks.
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::Result;
+
+/// Dropout at one rate, masks keyed by a seed and by how many times it has been applied.
+pub struct Dropout {
+    rate: f32,
+    seed: u64,
+    calls: u64,
+}
+
+impl Dropout {
+    /// Dropout at `rate`, masks drawn from `seed`.
+    pub fn new(rate: f32, seed: u64) -> Self {
+        Dropout {
+            rate,
+            seed,
+            calls: 0,
+        }
+    }
+
+    /// Zeroes each element with probability `rate` and scales the rest by 1/(1-rate); each
+    /// call draws a new mask.
+    pub fn apply(&mut self, x: &Tensor) -> Result<Tensor> {
+        if self.rate <= 0.0 {
+            return Ok(x.clone());
+        }
+        let op = DropoutMask {
+            key: mix(self.seed ^ mix(self.calls.wrapping_add(1))),
+            rate: self.rate,
+            keep_scale: 1.0 / (1.0 - self.rate),
+        };
+        self.calls += 1;
+        Ok(x.contiguous()?.apply_op1(op)?)
+    }
+}
+
+/// splitmix64's finaliser: a bijective mix of 64 bits. As `mix` in `kernels.cu`.
+#[inline(always)]
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Element `i`'s factor: 0 with probability `rate`, else `keep_scale`. As `dropout_mask` in
+/// `kernels.cu` (a uniform of 24 bits, exact in f32, so both compare the same numbers).
+#[inline(always)]
+fn factor(key: u64, i: u64, rate: f32, keep_scale: f32) -> f32 {
+    let z = mix(key ^ i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let u = (z >> 40) as f32 * (1.0 / (1u64 << 24) as f32);
+    if u < rate {
+        0.0
+    } else {
+        keep_scale
+    }
+}
+
+/// `x * mask`; its gradient is the same op on the gradient (the mask is its own adjoint).
+#[derive(Clone, Copy)]
+struct DropoutMask {
+    key: u64,
+    rate: f32,
+    keep_scale: f32,
+}
+
+impl CustomOp1 for DropoutMask {
+    fn name(&self) -> &'static str {
+        "dropout"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let Some((a, b)) = l.contiguous_offsets() else {
+            candle_core::bail!("dropout: input must be contiguous");
+        };
+        let x = &s.as_slice::<f32>()?[a..b];
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(1 << 14)
+            .zip(x.par_chunks(1 << 14))
+            .enumerate()
+            .for_each(|(c, (y, x))| {
+                let start = (c << 14) as u64;
+                for (j, (y, &x)) in y.iter_mut().zip(x).enumerate() {
+                    *y = x * factor(self.key, start + j as u64, self.rate, self.keep_scale);
+                }
+            });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+        use candle_core::cuda_backend::WrapErr;
+        let Some((a, b)) = l.contiguous_offsets() else {
+            candle_core::bail!("dropout: input must be contiguous");
+        };
+        let dev = s.device().clone();
+        let x = s.as_cuda_slice::<f32>()?.slice(a..b);
+        let n = (b - a) as u32;
+        // SAFETY: the kernel writes every element.
+        let y = unsafe { dev.alloc::<f32>(b - a)? };
+        let func = dev.get_or_load_custom_func(
+            "dropout_mask",
+            super::lstm_cuda::MODULE,
+            super::lstm_cuda::PTX,
+        )?;
+        let mut builder = func.builder();
+        builder.arg(&n);
+        builder.arg(&self.key);
+        builder.arg(&self.rate);
+        builder.arg(&self.keep_scale);
+        builder.arg(&x);
+        builder.arg(&y);
+        // SAFETY: the arguments match `dropout_mask` in kernels.cu; x and y hold n floats.
+        unsafe { builder.launch(LaunchConfig::for_num_elems(n)) }.w()?;
+        Ok((
+            candle_core::CudaStorage::wrap_cuda_slice(y, dev),
+            l.shape().clone(),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(self)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn ones(n: usize) -> Tensor {
+        Tensor::ones(n, candle_core::DType::F32, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn drops_at_the_rate_and_scales_the_rest() {
+        let n = 200_000;
+        let mut d = Dropout::new(0.05, 7);
+        let y: Vec<f32> = d.apply(&ones(n)).unwrap().to_vec1().unwrap();
+        let dropped = y.iter().filter(|&&v| v == 0.0).count() as f64 / n as f64;
+        // 5% of 200k: the standard deviation of the fraction is about 0.0005.
+        assert!((dropped - 0.05).abs() < 0.003, "dropped {dropped}");
+        let keep = 1.0 / 0.95f32;
+        assert!(y.iter().all(|&v| v == 0.0 || v == keep));
+        let mean = y.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
+        assert!((mean - 1.0).abs() < 0.005, "mean {mean}");
+    }
+
+    #[test]
+    fn masks_repeat_per_seed_and_differ_per_call_and_seed() {
+        let draw = |seed: u64, calls: usize| -> Vec<Vec<f32>> {
+            let mut d = Dropout::new(0.5, seed);
+            (0..calls)
+                .map(|_| d.apply(&ones(4096)).unwrap().to_vec1().unwrap())
+                .collect()
+        };
+        let a = draw(3, 2);
+        assert_eq!(a, draw(3, 2), "same seed, same masks");
+        assert_ne!(a[0], a[1], "the second call draws a new mask");
+        assert_ne!(a[0], draw(4, 1)[0], "another seed, another mask");
+        let zero_rate: Vec<f32> = Dropout::new(0.0, 3)
+            .apply(&ones(10))
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(zero_rate, vec![1.0; 10]);
+    }
+
+    #[test]
+    fn gradient_is_the_mask() {
+        let x = Var::from_tensor(&Tensor::arange(1f32, 1001.0, &Device::Cpu).unwrap()).unwrap();
+        let mut d = Dropout::new(0.3, 11);
+        let y = d.apply(&x).unwrap();
+        let g = y.sum_all().unwrap().backward().unwrap();
+        let grad: Vec<f32> = g.get(&x).unwrap().to_vec1().unwrap();
+        let y: Vec<f32> = y.to_vec1().unwrap();
+        for (k, (&g, &y)) in grad.iter().zip(&y).enumerate() {
+            // y = x * mask with x = k + 1, so mask = y / (k + 1) is the gradient.
+            assert!(
+                (g - y / (k + 1) as f32).abs() < 1e-5,
+                "element {k}: {g} vs {y}"
+            );
+        }
+        assert!(grad.contains(&0.0) && grad.iter().any(|&v| v > 1.0));
+    }
+}

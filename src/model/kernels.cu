@@ -1,0 +1,136 @@
+// aviary's CUDA kernels (built to PTX by build.rs with `--features cuda`): the LSTM cell's
+// pointwise work for the fused op and for the per-step cell op, and dropout's mask. Each is a
+// transcription of a CPU function named beside it, which the CPU tests check. Gate order
+// i, f, g, o; one thread per element.
+
+// The per-step cell op (src/model/lstm_cell.rs, `AVIARY_CUDA_LSTM=cell`): transcriptions of
+// that file's `cell_forward` and `cell_backward`.
+
+extern "C" __global__ void lstm_cell_fwd(
+    const unsigned int bh,      // B * H
+    const unsigned int hidden,  // H
+    const float *xp,            // [B, 4H] input projection of this step
+    const float *hw,            // [B, 4H] h_prev x W_hh^T
+    const float *c_prev,        // [B, H]
+    float *out                  // [2, B, H]: h, then c
+) {
+    const unsigned int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= bh) return;
+    const unsigned int b = j / hidden, k = j % hidden;
+    const unsigned int g0 = b * 4 * hidden + k;
+    const float i = 1.0f / (1.0f + expf(-(xp[g0] + hw[g0])));
+    const float f = 1.0f / (1.0f + expf(-(xp[g0 + hidden] + hw[g0 + hidden])));
+    const float g = tanhf(xp[g0 + 2 * hidden] + hw[g0 + 2 * hidden]);
+    const float o = 1.0f / (1.0f + expf(-(xp[g0 + 3 * hidden] + hw[g0 + 3 * hidden])));
+    const float c = f * c_prev[j] + i * g;
+    out[j] = o * tanhf(c);
+    out[bh + j] = c;
+}
+
+extern "C" __global__ void lstm_cell_bwd(
+    const unsigned int bh,      // B * H
+    const unsigned int hidden,  // H
+    const float *gates,         // [B, 4H] pre-activation gates (xp + hw)
+    const float *c_prev,        // [B, H]
+    const float *grad,          // [2, B, H]: dL/dh, then dL/dc
+    float *out                  // [B*4H + B*H]: dL/dgates, then dL/dc_prev
+) {
+    const unsigned int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= bh) return;
+    const unsigned int b = j / hidden, k = j % hidden;
+    const unsigned int g0 = b * 4 * hidden + k;
+    const float i = 1.0f / (1.0f + expf(-gates[g0]));
+    const float f = 1.0f / (1.0f + expf(-gates[g0 + hidden]));
+    const float g = tanhf(gates[g0 + 2 * hidden]);
+    const float o = 1.0f / (1.0f + expf(-gates[g0 + 3 * hidden]));
+    const float cp = c_prev[j];
+    const float tc = tanhf(f * cp + i * g);
+    const float dh = grad[j];
+    const float dc = grad[bh + j] + dh * o * (1.0f - tc * tc);
+    out[g0] = dc * g * i * (1.0f - i);
+    out[g0 + hidden] = dc * cp * f * (1.0f - f);
+    out[g0 + 2 * hidden] = dc * i * (1.0f - g * g);
+    out[g0 + 3 * hidden] = dh * tc * o * (1.0f - o);
+    out[4 * bh + j] = dc * f;
+}
+
+// The fused op's cell steps (src/model/lstm_cuda.rs), one thread per (row, unit):
+// transcriptions of `cell_forward` and `cell_backward` in src/model/kernels.rs, which the
+// fused op runs on the CPU. `c_prev` is null at the first step (zeros).
+
+extern "C" __global__ void lstm_seq_cell_fwd(
+    const unsigned int n,       // rows * H
+    const unsigned int hidden,  // H
+    float *gates,               // [rows, 4H]: pre-activations in, activations out
+    const float *c_prev,        // [rows, H] or null
+    float *c,                   // [rows, H]
+    float *tanh_c,              // [rows, H]
+    float *h                    // [rows, H]
+) {
+    const unsigned int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= n) return;
+    const unsigned int r = j / hidden, k = j % hidden;
+    float *g = gates + (size_t)r * 4 * hidden;
+    const float i = 1.0f / (1.0f + expf(-g[k]));
+    const float f = 1.0f / (1.0f + expf(-g[hidden + k]));
+    const float gg = tanhf(g[2 * hidden + k]);
+    const float o = 1.0f / (1.0f + expf(-g[3 * hidden + k]));
+    g[k] = i;
+    g[hidden + k] = f;
+    g[2 * hidden + k] = gg;
+    g[3 * hidden + k] = o;
+    const float cv = (c_prev ? f * c_prev[j] : 0.0f) + i * gg;
+    const float t = tanhf(cv);
+    c[j] = cv;
+    tanh_c[j] = t;
+    h[j] = o * t;
+}
+
+extern "C" __global__ void lstm_seq_cell_bwd(
+    const unsigned int n,       // rows * H
+    const unsigned int hidden,  // H
+    const float *acts,          // [rows, 4H] activated gates
+    const float *c_prev,        // [rows, H] or null
+    const float *tanh_c,        // [rows, H]
+    const float *dh,            // [rows, H] dL/dh_t
+    float *dc,                  // [rows, H] dL/dc_t from step t+1 in, dL/dc_{t-1} out
+    float *dgates               // [rows, 4H] dL/d(pre-activations)
+) {
+    const unsigned int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= n) return;
+    const unsigned int r = j / hidden, k = j % hidden;
+    const float *a = acts + (size_t)r * 4 * hidden;
+    float *d = dgates + (size_t)r * 4 * hidden;
+    const float i = a[k], f = a[hidden + k], g = a[2 * hidden + k], o = a[3 * hidden + k];
+    const float t = tanh_c[j];
+    const float cp = c_prev ? c_prev[j] : 0.0f;
+    const float dct = dc[j] + dh[j] * o * (1.0f - t * t);
+    d[k] = dct * g * i * (1.0f - i);
+    d[hidden + k] = dct * cp * f * (1.0f - f);
+    d[2 * hidden + k] = dct * i * (1.0f - g * g);
+    d[3 * hidden + k] = dh[j] * t * o * (1.0f - o);
+    dc[j] = dct * f;
+}
+
+// Dropout's mask (src/model/dropout.rs): splitmix64's finaliser over (key, element); the same
+// bits as the CPU's `factor` there.
+__device__ __forceinline__ unsigned long long mix(unsigned long long z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+extern "C" __global__ void dropout_mask(
+    const unsigned int n,
+    const unsigned long long key,
+    const float rate,
+    const float keep_scale,
+    const float *x,
+    float *y
+) {
+    const unsigned int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= n) return;
+    const unsigned long long z = mix(key ^ ((unsigned long long)j * 0x9E3779B97F4A7C15ULL));
+    const float u = (float)(z >> 40) * (1.0f / 16777216.0f);
+    y[j] = x[j] * (u < rate ? 0.0f : keep_scale);
+}
