@@ -98,31 +98,23 @@ impl CustomOp1 for DropoutMask {
         s: &candle_core::CudaStorage,
         l: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use super::cuda::{address, base, launch, Arg};
         use candle_core::backend::BackendStorage;
-        use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
-        use candle_core::cuda_backend::WrapErr;
-        let Some((a, b)) = l.contiguous_offsets() else {
-            candle_core::bail!("dropout: input must be contiguous");
-        };
         let dev = s.device().clone();
-        let x = s.as_cuda_slice::<f32>()?.slice(a..b);
-        let n = (b - a) as u32;
+        let n = l.shape().elem_count();
+        let x = address(s, l, "dropout", "input")?;
         // SAFETY: the kernel writes every element.
-        let y = unsafe { dev.alloc::<f32>(b - a)? };
-        let func = dev.get_or_load_custom_func(
-            "dropout_mask",
-            super::lstm_cuda::MODULE,
-            super::lstm_cuda::PTX,
-        )?;
-        let mut builder = func.builder();
-        builder.arg(&n);
-        builder.arg(&self.key);
-        builder.arg(&self.rate);
-        builder.arg(&self.keep_scale);
-        builder.arg(&x);
-        builder.arg(&y);
+        let y = unsafe { dev.alloc::<f32>(n)? };
+        let args = [
+            Arg::U32(n as u32),
+            Arg::U64(self.key),
+            Arg::F32(self.rate),
+            Arg::F32(self.keep_scale),
+            Arg::U64(x),
+            Arg::U64(base(&y, &dev)),
+        ];
         // SAFETY: the arguments match `dropout_mask` in kernels.cu; x and y hold n floats.
-        unsafe { builder.launch(LaunchConfig::for_num_elems(n)) }.w()?;
+        unsafe { launch(&dev, "dropout_mask", n, &args)? };
         Ok((
             candle_core::CudaStorage::wrap_cuda_slice(y, dev),
             l.shape().clone(),

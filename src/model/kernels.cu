@@ -134,3 +134,22 @@ extern "C" __global__ void dropout_mask(
     const float u = (float)(z >> 40) * (1.0f / 16777216.0f);
     y[j] = x[j] * (u < rate ? 0.0f : keep_scale);
 }
+
+// RMSprop's update (src/train/optim.rs: `SquareAvgStep`, `ParamStep`), in place.
+extern "C" __global__ void rmsprop_square_avg(
+    const unsigned int n, const float alpha, const float scale, const float *g, float *v
+) {
+    const unsigned int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= n) return;
+    const float gs = scale * g[j];
+    v[j] = alpha * v[j] + (1.0f - alpha) * gs * gs;
+}
+
+extern "C" __global__ void rmsprop_param(
+    const unsigned int n, const float lr, const float eps, const float scale,
+    const float *v, const float *g, float *p
+) {
+    const unsigned int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= n) return;
+    p[j] -= lr * (scale * g[j]) / (sqrtf(v[j]) + eps);
+}

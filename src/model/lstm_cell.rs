@@ -168,7 +168,7 @@ impl CustomOp3 for LstmCellFwd {
         l3: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         let (b, h) = cell_dims(l1, l3, Some(l2), self.name())?;
-        let out = cuda::launch(
+        let out = cuda::launch_cells(
             "lstm_cell_fwd",
             b,
             h,
@@ -233,7 +233,7 @@ impl CustomOp3 for LstmCellBwd {
         l3: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         let (b, h) = cell_dims(l1, l2, Some(l3), self.name())?;
-        let out = cuda::launch(
+        let out = cuda::launch_cells(
             "lstm_cell_bwd",
             b,
             h,
@@ -246,47 +246,31 @@ impl CustomOp3 for LstmCellBwd {
 
 #[cfg(feature = "cuda")]
 mod cuda {
+    use crate::model::cuda::{address, base, launch, Arg};
     use candle_core::backend::BackendStorage;
-    use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
-    use candle_core::cuda_backend::WrapErr;
     use candle_core::{CudaStorage, Layout};
-
-    use crate::model::lstm_cuda::{MODULE, PTX};
 
     /// Launches kernel `name` over the B*H cells with three contiguous f32 inputs and an
     /// output of `out_len` floats.
-    pub fn launch(
+    pub fn launch_cells(
         name: &str,
         batch: usize,
         hidden: usize,
-        args: [(&CudaStorage, &Layout); 3],
+        inputs: [(&CudaStorage, &Layout); 3],
         out_len: usize,
     ) -> candle_core::Result<CudaStorage> {
-        let dev = args[0].0.device().clone();
-        let mut slices = Vec::with_capacity(3);
-        for (s, l) in args {
-            let Some((a, b)) = l.contiguous_offsets() else {
-                candle_core::bail!(
-                    "{name}: inputs must be contiguous, got strides {:?}",
-                    l.stride()
-                );
-            };
-            slices.push(s.as_cuda_slice::<f32>()?.slice(a..b));
+        let dev = inputs[0].0.device().clone();
+        let bh = batch * hidden;
+        let mut args = vec![Arg::U32(bh as u32), Arg::U32(hidden as u32)];
+        for (s, l) in inputs {
+            args.push(Arg::U64(address(s, l, name, "input")?));
         }
-        let func = dev.get_or_load_custom_func(name, MODULE, PTX)?;
         // SAFETY: every element is written by the kernel before it is read.
         let out = unsafe { dev.alloc::<f32>(out_len)? };
-        let bh = (batch * hidden) as u32;
-        let h = hidden as u32;
-        let mut builder = func.builder();
-        builder.arg(&bh);
-        builder.arg(&h);
-        for s in &slices {
-            builder.arg(s);
-        }
-        builder.arg(&out);
-        // SAFETY: the argument list matches the kernel's signature in kernels.cu.
-        unsafe { builder.launch(LaunchConfig::for_num_elems(bh)) }.w()?;
+        args.push(Arg::U64(base(&out, &dev)));
+        // SAFETY: the argument list matches the kernel's signature in kernels.cu, and the
+        // inputs and output hold what it reads and writes for B*H cells.
+        unsafe { launch(&dev, name, bh, &args)? };
         Ok(CudaStorage::wrap_cuda_slice(out, dev))
     }
 }

@@ -6,44 +6,19 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::cublas::{result::sgemm, sys::cublasOperation_t};
-use candle_core::cuda_backend::cudarc::driver::{
-    CudaSlice, DevicePtr, LaunchConfig, PushKernelArg,
-};
-use candle_core::cuda_backend::{CudaDevice, WrapErr};
+use candle_core::cuda_backend::cudarc::driver::CudaSlice;
+use candle_core::cuda_backend::CudaDevice;
 use candle_core::{CudaStorage, Layout};
 
-use super::lstm_plan::{self, At, Buf, Dims, Engine, RowGemm, BUFS};
+use super::cuda::{address, base, launch, Arg};
 
-/// `kernels.cu`, compiled to PTX by build.rs.
-pub(crate) const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/kernels.ptx"));
-/// The name candle caches the PTX module under.
-pub(crate) const MODULE: &str = "aviary_lstm_cell";
+use super::lstm_plan::{self, At, Buf, Dims, Engine, RowGemm, BUFS};
 
 /// What the forward pass keeps on the GPU for the backward pass.
 pub struct Saved {
     acts: CudaSlice<f32>,
     c: CudaSlice<f32>,
     tanh_c: CudaSlice<f32>,
-}
-
-/// The raw device address of a contiguous f32 argument's first element.
-fn address(s: &CudaStorage, l: &Layout, what: &str) -> candle_core::Result<u64> {
-    let Some((start, _)) = l.contiguous_offsets() else {
-        candle_core::bail!(
-            "fused-lstm: {what} must be contiguous, got strides {:?}",
-            l.stride()
-        );
-    };
-    let slice = s.as_cuda_slice::<f32>()?;
-    let stream = s.device().cuda_stream();
-    let (base, _sync) = slice.device_ptr(&stream);
-    Ok(base + (start * 4) as u64)
-}
-
-fn base(slice: &CudaSlice<f32>, dev: &CudaDevice) -> u64 {
-    let stream = dev.cuda_stream();
-    let (base, _sync) = slice.device_ptr(&stream);
-    base
 }
 
 /// The plan's steps on candle's CUDA stream, over raw addresses of the run's buffers. Every
@@ -73,20 +48,12 @@ impl CudaEngine {
         hidden: usize,
         ptrs: &[u64],
     ) -> candle_core::Result<()> {
-        let func = self.dev.get_or_load_custom_func(kernel, MODULE, PTX)?;
-        let n = (rows * hidden) as u32;
-        let h = hidden as u32;
-        let mut builder = func.builder();
-        builder.arg(&n);
-        builder.arg(&h);
-        for p in ptrs {
-            builder.arg(p);
-        }
-        // SAFETY: the arguments match the kernel's signature in kernels.cu (two counts, then
-        // the buffers as device pointers, 0 for an absent c_prev), and each address points into
-        // a live buffer of at least rows * hidden (or 4 * rows * hidden for gates) floats.
-        unsafe { builder.launch(LaunchConfig::for_num_elems(n)) }.w()?;
-        Ok(())
+        let mut args = vec![Arg::U32((rows * hidden) as u32), Arg::U32(hidden as u32)];
+        args.extend(ptrs.iter().map(|&p| Arg::U64(p)));
+        // SAFETY: two counts, then the buffers' addresses as the kernel in kernels.cu takes
+        // them (0 for an absent c_prev); each points into a live buffer of at least
+        // rows * hidden (4 * rows * hidden for gates) floats.
+        unsafe { launch(&self.dev, kernel, rows * hidden, &args) }
     }
 }
 
@@ -193,7 +160,7 @@ pub fn forward(
             .into_iter()
             .zip([(Buf::X, "x"), (Buf::WIn, "w_in"), (Buf::WHh, "w_hh")])
     {
-        e.addr[buf as usize] = address(s, l, what)?;
+        e.addr[buf as usize] = address(s, l, "fused-lstm", what)?;
     }
     e.addr[Buf::Acts as usize] = base(&acts, &dev);
     e.addr[Buf::C as usize] = base(&c, &dev);
@@ -225,7 +192,7 @@ pub fn backward(
         (Buf::Dh, "grad"),
     ];
     for ((s, l), (buf, what)) in inputs.into_iter().zip(names) {
-        e.addr[buf as usize] = address(s, l, what)?;
+        e.addr[buf as usize] = address(s, l, "fused-lstm", what)?;
     }
     // dL/dh is accumulated into, so the plan gets a copy.
     let (g_st, g_l) = inputs[4];

@@ -6,6 +6,8 @@
 //! Knows no corpus, bot, database or screen.
 
 pub mod checkpoint;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 pub mod dropout;
 pub mod fused_lstm;
 pub mod kernels;

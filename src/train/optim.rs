@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
+use candle_core::{CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Tensor, Var};
+use rayon::prelude::*;
 
 use crate::{Error, Result};
 
@@ -44,33 +45,33 @@ impl RmsProp {
         &self.params
     }
 
-    /// Global L2 norm of the gradients of all parameters.
+    /// Global L2 norm of the gradients of all parameters (one read back from the device).
     pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
-        let mut sum = 0f64;
-        for (_, v) in &self.params {
-            if let Some(g) = grads.get(v) {
-                sum += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
-            }
+        let squares = self
+            .params
+            .iter()
+            .filter_map(|(_, v)| grads.get(v))
+            .map(|g| g.sqr()?.sum_all()?.to_dtype(DType::F64))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        if squares.is_empty() {
+            return Ok(0.0);
         }
+        let sum = Tensor::stack(&squares, 0)?.sum_all()?.to_scalar::<f64>()?;
         Ok(sum.sqrt())
     }
 
-    /// One update with every gradient multiplied by `scale` (for clipping).
+    /// One update with every gradient multiplied by `scale` (for clipping): per parameter one
+    /// pass over its square average and one over its values, in place.
     pub fn step(&mut self, grads: &GradStore, scale: f64) -> Result<()> {
-        for ((_, p), v) in self.params.iter().zip(self.square_avg.iter_mut()) {
+        let scale = scale as f32;
+        for ((_, p), v) in self.params.iter().zip(&self.square_avg) {
             let Some(g) = grads.get(p) else { continue };
-            let g = if scale != 1.0 {
-                g.affine(scale, 0.0)?
-            } else {
-                g.clone()
-            };
-            *v = v
-                .affine(self.alpha, 0.0)?
-                .add(&g.sqr()?.affine(1.0 - self.alpha, 0.0)?)?;
-            let update = g
-                .div(&v.sqrt()?.affine(1.0, self.eps)?)?
-                .affine(self.lr, 0.0)?;
-            p.set(&p.sub(&update)?)?;
+            let g = g.contiguous()?;
+            let alpha = self.alpha as f32;
+            v.inplace_op2(&g, &SquareAvgStep { alpha, scale })?;
+            let (lr, eps) = (self.lr as f32, self.eps as f32);
+            p.as_tensor()
+                .inplace_op3(v, &g, &ParamStep { lr, eps, scale })?;
         }
         Ok(())
     }
@@ -118,6 +119,145 @@ impl RmsProp {
     }
 }
 
+/// `v = alpha v + (1 - alpha) (scale g)^2`, in place on the square average v. As
+/// `rmsprop_square_avg` in `src/model/kernels.cu`.
+struct SquareAvgStep {
+    alpha: f32,
+    scale: f32,
+}
+
+/// `p -= lr (scale g) / (sqrt(v) + eps)`, in place on the parameter p. As `rmsprop_param`.
+struct ParamStep {
+    lr: f32,
+    eps: f32,
+    scale: f32,
+}
+
+/// The contiguous f32 data of an optimizer operand, or an error naming it.
+fn operand<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
+        None => candle_core::bail!("rmsprop: {what} must be contiguous"),
+    }
+}
+
+/// The same for the operand updated in place.
+fn operand_mut<'a>(
+    s: &'a mut CpuStorage,
+    l: &Layout,
+    what: &str,
+) -> candle_core::Result<&'a mut [f32]> {
+    match (l.contiguous_offsets(), s) {
+        (Some((a, b)), CpuStorage::F32(v)) => Ok(&mut v[a..b]),
+        _ => candle_core::bail!("rmsprop: {what} must be contiguous f32"),
+    }
+}
+
+/// Elements per task of the CPU loops.
+const CHUNK: usize = 1 << 14;
+
+impl InplaceOp2 for SquareAvgStep {
+    fn name(&self) -> &'static str {
+        "rmsprop-square-avg"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<()> {
+        let (v, g) = (operand_mut(s1, l1, "square_avg")?, operand(s2, l2, "grad")?);
+        let (alpha, scale) = (self.alpha, self.scale);
+        v.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .for_each(|(v, g)| {
+                for (v, &g) in v.iter_mut().zip(g) {
+                    let gs = scale * g;
+                    *v = alpha * *v + (1.0 - alpha) * gs * gs;
+                }
+            });
+        Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &mut candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<()> {
+        use crate::model::cuda::{address, launch, Arg};
+        use candle_core::backend::BackendStorage;
+        let n = l1.shape().elem_count();
+        let args = [
+            Arg::U32(n as u32),
+            Arg::F32(self.alpha),
+            Arg::F32(self.scale),
+            Arg::U64(address(s2, l2, self.name(), "grad")?),
+            Arg::U64(address(s1, l1, self.name(), "square_avg")?),
+        ];
+        // SAFETY: the arguments match `rmsprop_square_avg` in kernels.cu; both hold n floats.
+        unsafe { launch(s1.device(), "rmsprop_square_avg", n, &args) }
+    }
+}
+
+impl InplaceOp3 for ParamStep {
+    fn name(&self) -> &'static str {
+        "rmsprop-param"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<()> {
+        let p = operand_mut(s1, l1, "parameter")?;
+        let (v, g) = (operand(s2, l2, "square_avg")?, operand(s3, l3, "grad")?);
+        let (lr, eps, scale) = (self.lr, self.eps, self.scale);
+        p.par_chunks_mut(CHUNK)
+            .zip(v.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+            .for_each(|(p, (v, g))| {
+                for ((p, &v), &g) in p.iter_mut().zip(v).zip(g) {
+                    *p -= lr * (scale * g) / (v.sqrt() + eps);
+                }
+            });
+        Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &mut candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<()> {
+        use crate::model::cuda::{address, launch, Arg};
+        use candle_core::backend::BackendStorage;
+        let n = l1.shape().elem_count();
+        let args = [
+            Arg::U32(n as u32),
+            Arg::F32(self.lr),
+            Arg::F32(self.eps),
+            Arg::F32(self.scale),
+            Arg::U64(address(s2, l2, self.name(), "square_avg")?),
+            Arg::U64(address(s3, l3, self.name(), "grad")?),
+            Arg::U64(address(s1, l1, self.name(), "parameter")?),
+        ];
+        // SAFETY: the arguments match `rmsprop_param` in kernels.cu; all hold n floats.
+        unsafe { launch(s1.device(), "rmsprop_param", n, &args) }
+    }
+}
+
 /// The factor that brings a gradient of global norm `norm` down to `max_norm` (PyTorch's
 /// `clip_grad_norm_`: `max_norm / (norm + 1e-6)`, capped at 1). `max_norm <= 0`: no clipping.
 pub fn clip_scale(norm: f64, max_norm: f64) -> f64 {
@@ -149,6 +289,69 @@ mod tests {
         let got: Vec<f32> = p.to_vec1().unwrap();
         assert!(got[0].abs() < 1e-5, "{got:?}");
         assert!((got[1] + 0.550_982).abs() < 1e-5, "{got:?}");
+    }
+
+    /// A clipped step on a larger parameter (several chunks of the CPU loop) against the
+    /// formula in f64, and the global norm over two parameters.
+    #[test]
+    fn scaled_step_and_norm_follow_the_formula() {
+        let n = 40_000;
+        let init: Vec<f32> = (0..n).map(|i| ((i % 97) as f32 - 48.0) / 10.0).collect();
+        let p = Var::from_vec(init.clone(), n, &Device::Cpu).unwrap();
+        let q = Var::from_vec(vec![3f32, 4.0], 2, &Device::Cpu).unwrap();
+        let mut opt = RmsProp::new(
+            vec![("p".into(), p.clone()), ("q".into(), q.clone())],
+            0.01,
+            0.9,
+            1e-8,
+        )
+        .unwrap();
+        // loss = sum(p^2 / 2) + sum(q^2 / 2): gradients p and q.
+        let loss = p
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .add(&q.sqr().unwrap().sum_all().unwrap())
+            .unwrap()
+            .affine(0.5, 0.0)
+            .unwrap();
+        let grads = loss.backward().unwrap();
+        let want_norm = (init.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() + 25.0).sqrt();
+        let norm = opt.grad_norm(&grads).unwrap();
+        assert!(
+            (norm - want_norm).abs() < 1e-6 * want_norm,
+            "{norm} vs {want_norm}"
+        );
+        // RMSprop ignores a gradient scale that never changes: step once unscaled, then once
+        // clipped to a quarter, against the formula in f64.
+        opt.step(&grads, 1.0).unwrap();
+        let mid: Vec<f32> = p.to_vec1().unwrap();
+        let loss = p
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .affine(0.5, 0.0)
+            .unwrap();
+        opt.step(&loss.backward().unwrap(), 0.25).unwrap();
+        let got: Vec<f32> = p.to_vec1().unwrap();
+        for k in 0..n {
+            let (g1, g2) = (init[k] as f64, 0.25 * mid[k] as f64);
+            let v1 = 0.1 * g1 * g1;
+            let want_mid = init[k] as f64 - 0.01 * g1 / (v1.sqrt() + 1e-8);
+            let v2 = 0.9 * v1 + 0.1 * g2 * g2;
+            let want = mid[k] as f64 - 0.01 * g2 / (v2.sqrt() + 1e-8);
+            assert!(
+                (mid[k] as f64 - want_mid).abs() < 1e-5,
+                "element {k} after one step"
+            );
+            assert!(
+                (got[k] as f64 - want).abs() < 1e-5,
+                "element {k}: {} vs {want}",
+                got[k]
+            );
+        }
     }
 
     #[test]
