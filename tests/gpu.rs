@@ -1,9 +1,16 @@
-//! The CUDA path against the CPU path on the same inputs: the LSTM layer's forward pass and
-//! the gradients of its three inputs to 1e-4, and a few training steps of a small model to the
-//! same losses. Skips, saying why, in a build without `--features cuda` or without a GPU.
+//! The CUDA path against the CPU path on the same inputs, piece by piece so a failure names
+//! the piece: the LSTM layer (the fused op and the per-step cell op: forward and the gradients
+//! of all three inputs to 1e-4), dropout (the same masks, bit for bit), the loss and its
+//! gradient, an RMSprop step, and a few training steps of a small model. Each skips, saying
+//! why, in a build without `--features cuda` or where no GPU answers.
 
+use aviary::model::dropout::Dropout;
 use aviary::model::fused_lstm::lstm_sequence;
-use candle_core::{Device, Tensor, Var};
+use aviary::model::lstm_cell::lstm_cell_sequence;
+use aviary::model::{loss, ModelConfig};
+use aviary::train::optim::RmsProp;
+use aviary::train::{Learner, TrainConfig};
+use candle_core::{DType, Device, Tensor, Var};
 
 /// The GPU, or why there is none.
 fn gpu() -> Result<Device, String> {
@@ -11,6 +18,15 @@ fn gpu() -> Result<Device, String> {
         return Err("built without --features cuda".into());
     }
     Device::new_cuda(0).map_err(|e| format!("no CUDA device answers: {e}"))
+}
+
+macro_rules! gpu_or_skip {
+    () => {
+        match gpu() {
+            Ok(d) => d,
+            Err(why) => return println!("SKIPPED: {why}"),
+        }
+    };
 }
 
 fn rand(shape: &[usize], seed: u64, scale: f32) -> Tensor {
@@ -27,28 +43,34 @@ fn rand(shape: &[usize], seed: u64, scale: f32) -> Tensor {
     Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
 }
 
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    let a = a.to_device(&Device::Cpu).unwrap();
-    let b = b.to_device(&Device::Cpu).unwrap();
-    a.sub(&b)
-        .unwrap()
-        .abs()
+fn host(t: &Tensor) -> Vec<f32> {
+    t.to_device(&Device::Cpu)
         .unwrap()
         .flatten_all()
         .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
+        .to_vec1()
         .unwrap()
 }
 
-#[test]
-fn cuda_lstm_layer_matches_the_cpu_to_1e_4() {
-    let dev = match gpu() {
-        Ok(d) => d,
-        Err(why) => return println!("SKIPPED: {why}"),
-    };
-    // The reference config's layer: 512 units, batch 128, 32 steps, input 64 + 1.
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    host(a)
+        .iter()
+        .zip(host(b))
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Largest difference relative to the CPU tensor's largest magnitude (at least 1).
+fn relative_diff(cpu: &Tensor, gpu: &Tensor) -> f32 {
+    let scale = host(cpu).iter().map(|x| x.abs()).fold(1.0, f32::max);
+    max_diff(cpu, gpu) / scale
+}
+
+type Layer = fn(&Tensor, &Tensor, &Tensor) -> candle_core::Result<Tensor>;
+
+/// The layer at the reference config's size (512 units, batch 128, 32 steps, input 64 + 1) on
+/// the GPU with `layer` against the fused op on the CPU.
+fn layer_matches_the_cpu(dev: &Device, layer: Layer, label: &str) {
     let (t, b, i, h) = (32, 128, 65, 512);
     let inputs = [
         rand(&[t, b, i], 1, 1.0),
@@ -56,12 +78,12 @@ fn cuda_lstm_layer_matches_the_cpu_to_1e_4() {
         rand(&[4 * h, h], 3, 0.05),
     ];
     let probe = rand(&[t, b, h], 4, 1.0);
-    let run = |d: &Device| {
+    let run = |d: &Device, layer: Layer| {
         let vars: Vec<Var> = inputs
             .iter()
             .map(|x| Var::from_tensor(&x.to_device(d).unwrap()).unwrap())
             .collect();
-        let out = lstm_sequence(&vars[0], &vars[1], &vars[2]).unwrap();
+        let out = layer(&vars[0], &vars[1], &vars[2]).unwrap();
         let g = out
             .mul(&probe.to_device(d).unwrap())
             .unwrap()
@@ -75,19 +97,131 @@ fn cuda_lstm_layer_matches_the_cpu_to_1e_4() {
             .collect();
         (out, grads)
     };
-    let (cpu_out, cpu_grads) = run(&Device::Cpu);
-    let (gpu_out, gpu_grads) = run(&dev);
+    let (cpu_out, cpu_grads) = run(&Device::Cpu, lstm_sequence);
+    let (gpu_out, gpu_grads) = run(dev, layer);
     let f = max_diff(&cpu_out, &gpu_out);
-    println!("forward max diff {f:e}");
-    assert!(f < 1e-4, "forward differs by {f}");
+    println!("{label}: forward max diff {f:e}");
+    assert!(f < 1e-4, "{label}: forward differs by {f}");
     for (name, (a, b)) in ["x", "w_in", "w_hh"]
         .iter()
         .zip(cpu_grads.iter().zip(&gpu_grads))
     {
         // Gradients sum over 4,096 rows and 32 steps: compare relative to their size.
-        let scale = max_diff(a, &a.zeros_like().unwrap()).max(1.0);
-        let d = max_diff(a, b) / scale;
-        println!("d{name} max relative diff {d:e}");
-        assert!(d < 1e-4, "d{name} differs by {d} (relative)");
+        let d = relative_diff(a, b);
+        println!("{label}: d{name} max relative diff {d:e}");
+        assert!(d < 1e-4, "{label}: d{name} differs by {d} (relative)");
+    }
+}
+
+#[test]
+fn cuda_fused_lstm_matches_the_cpu_to_1e_4() {
+    let dev = gpu_or_skip!();
+    layer_matches_the_cpu(&dev, lstm_sequence, "fused op");
+}
+
+#[test]
+fn cuda_cell_op_lstm_matches_the_cpu_to_1e_4() {
+    let dev = gpu_or_skip!();
+    layer_matches_the_cpu(&dev, lstm_cell_sequence, "cell op");
+}
+
+#[test]
+fn cuda_dropout_draws_the_cpu_masks() {
+    let dev = gpu_or_skip!();
+    let x = rand(&[4096, 512], 5, 2.0);
+    let apply = |d: &Device| {
+        let v = Var::from_tensor(&x.to_device(d).unwrap()).unwrap();
+        let mut drop = Dropout::new(0.05, 42);
+        let first = drop.apply(&v).unwrap();
+        let second = drop.apply(&first).unwrap();
+        let g = second.sum_all().unwrap().backward().unwrap();
+        (host(&second), host(g.get(&v).unwrap()))
+    };
+    let (cpu, cpu_grad) = apply(&Device::Cpu);
+    let (gpu, gpu_grad) = apply(&dev);
+    assert!(cpu == gpu, "the GPU's masks differ from the CPU's");
+    assert!(cpu_grad == gpu_grad, "the GPU's dropout gradient differs");
+    let dropped = cpu.iter().filter(|&&v| v == 0.0).count() as f64 / cpu.len() as f64;
+    assert!((0.09..0.105).contains(&dropped), "dropped {dropped}");
+}
+
+#[test]
+fn cuda_loss_and_gradient_match_the_cpu() {
+    let dev = gpu_or_skip!();
+    let (n, v) = (4096, 300);
+    let logits = rand(&[n, v], 6, 4.0);
+    let targets: Vec<u32> = (0..n as u32).map(|k| (k * 7919) % v as u32).collect();
+    let run = |d: &Device| {
+        let x = Var::from_tensor(&logits.to_device(d).unwrap()).unwrap();
+        let t = Tensor::from_vec(targets.clone(), n, d).unwrap();
+        let l = loss::cross_entropy(&x, &t).unwrap();
+        let g = l.affine(2.0, 0.0).unwrap().backward().unwrap();
+        (
+            l.to_dtype(DType::F32).unwrap().to_scalar::<f32>().unwrap(),
+            g.get(&x).unwrap().clone(),
+        )
+    };
+    let (cpu_loss, cpu_grad) = run(&Device::Cpu);
+    let (gpu_loss, gpu_grad) = run(&dev);
+    println!("loss cpu {cpu_loss} gpu {gpu_loss}");
+    assert!((cpu_loss - gpu_loss).abs() < 1e-4 * cpu_loss.abs().max(1.0));
+    let d = max_diff(&cpu_grad, &gpu_grad);
+    println!("loss gradient max diff {d:e}");
+    assert!(d < 1e-7, "loss gradient differs by {d}");
+}
+
+#[test]
+fn cuda_rmsprop_step_matches_the_cpu() {
+    let dev = gpu_or_skip!();
+    let p0 = rand(&[2048, 512], 7, 0.1);
+    let run = |d: &Device| {
+        let p = Var::from_tensor(&p0.to_device(d).unwrap()).unwrap();
+        let mut opt = RmsProp::new(vec![("p".into(), p.clone())], 1e-3, 0.99, 1e-8).unwrap();
+        for scale in [1.0, 0.3] {
+            let g = p.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            let norm = opt.grad_norm(&g).unwrap();
+            assert!(norm > 0.0);
+            opt.step(&g, scale).unwrap();
+        }
+        p.as_tensor().clone()
+    };
+    let d = relative_diff(&run(&Device::Cpu), &run(&dev));
+    println!("rmsprop max relative diff {d:e}");
+    assert!(d < 1e-5, "parameters differ by {d} after two steps");
+}
+
+#[test]
+fn cuda_training_steps_follow_the_cpu() {
+    let dev = gpu_or_skip!();
+    let vocab = 40;
+    let model = ModelConfig {
+        rnn_size: 128,
+        ..ModelConfig::default()
+    };
+    let train = TrainConfig {
+        batch_size: 32,
+        seq_len: 16,
+        ..TrainConfig::default()
+    };
+    let weights = model.init_weights(vocab, 1, &Device::Cpu).unwrap();
+    let (t, b) = (train.seq_len, train.batch_size);
+    let ids: Vec<u32> = (0..(t * b + 1) as u32)
+        .map(|k| (k * 31 + k / 7) % vocab as u32)
+        .collect();
+    let losses = |d: &Device| -> Vec<f64> {
+        let mut learner = Learner::new(&weights, &model, vocab, &train, d).unwrap();
+        (0..5)
+            .map(|step| {
+                let x = Tensor::from_vec(ids[..t * b].to_vec(), (t, b), d).unwrap();
+                let y = Tensor::from_vec(ids[1..].to_vec(), (t, b), d).unwrap();
+                learner.step(&x, &y, step, train.clip_norm).unwrap()
+            })
+            .collect()
+    };
+    let (cpu, gpu) = (losses(&Device::Cpu), losses(&dev));
+    println!("losses cpu {cpu:?}\nlosses gpu {gpu:?}");
+    assert!(cpu[4] < cpu[0], "the CPU run did not learn");
+    for (a, b) in cpu.iter().zip(&gpu) {
+        assert!((a - b).abs() < 1e-3 * a.abs(), "cpu {a} vs gpu {b}");
     }
 }

@@ -7,7 +7,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, DevicePtr, LaunchConfig, PushKernelArg,
 };
-use candle_core::cuda_backend::{CudaDevice, WrapErr};
+use candle_core::cuda_backend::{CudaDType, CudaDevice, WrapErr};
 use candle_core::{CudaStorage, Layout};
 
 /// `kernels.cu` as PTX.
@@ -31,6 +31,38 @@ pub(crate) unsafe fn launch(
     threads: usize,
     args: &[Arg],
 ) -> candle_core::Result<()> {
+    // SAFETY: as the caller promises.
+    unsafe { launch_with(dev, name, LaunchConfig::for_num_elems(threads as u32), args) }
+}
+
+/// Threads per block of [`launch_blocks`]: `softmax_xent_fwd`'s shared arrays hold this many.
+const BLOCK: u32 = 256;
+
+/// Launches `name` with `blocks` blocks of [`BLOCK`] threads (one block per row).
+///
+/// # Safety
+/// As [`launch`].
+pub(crate) unsafe fn launch_blocks(
+    dev: &CudaDevice,
+    name: &str,
+    blocks: usize,
+    args: &[Arg],
+) -> candle_core::Result<()> {
+    let config = LaunchConfig {
+        grid_dim: (blocks as u32, 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: as the caller promises.
+    unsafe { launch_with(dev, name, config, args) }
+}
+
+unsafe fn launch_with(
+    dev: &CudaDevice,
+    name: &str,
+    config: LaunchConfig,
+    args: &[Arg],
+) -> candle_core::Result<()> {
     let func = dev.get_or_load_custom_func(name, "aviary_kernels", PTX)?;
     let mut builder = func.builder();
     for a in args {
@@ -41,13 +73,13 @@ pub(crate) unsafe fn launch(
         };
     }
     // SAFETY: as the caller promises.
-    unsafe { builder.launch(LaunchConfig::for_num_elems(threads as u32)) }.w()?;
+    unsafe { builder.launch(config) }.w()?;
     Ok(())
 }
 
-/// The device address of a contiguous f32 tensor argument's first element; `op` and `what`
-/// name it in the error.
-pub(crate) fn address(
+/// The device address of a contiguous tensor argument's first element (of type `T`); `op` and
+/// `what` name it in the error.
+pub(crate) fn address<T: CudaDType>(
     s: &CudaStorage,
     l: &Layout,
     op: &str,
@@ -59,11 +91,12 @@ pub(crate) fn address(
             l.stride()
         );
     };
-    Ok(base(s.as_cuda_slice::<f32>()?, s.device()) + (start * 4) as u64)
+    let size = std::mem::size_of::<T>();
+    Ok(base(s.as_cuda_slice::<T>()?, s.device()) + (start * size) as u64)
 }
 
 /// The device address of a buffer's first element.
-pub(crate) fn base(slice: &CudaSlice<f32>, dev: &CudaDevice) -> u64 {
+pub(crate) fn base<T>(slice: &CudaSlice<T>, dev: &CudaDevice) -> u64 {
     let stream = dev.cuda_stream();
     let (addr, _record) = slice.device_ptr(&stream);
     addr

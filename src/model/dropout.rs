@@ -102,7 +102,7 @@ impl CustomOp1 for DropoutMask {
         use candle_core::backend::BackendStorage;
         let dev = s.device().clone();
         let n = l.shape().elem_count();
-        let x = address(s, l, "dropout", "input")?;
+        let x = address::<f32>(s, l, "dropout", "input")?;
         // SAFETY: the kernel writes every element.
         let y = unsafe { dev.alloc::<f32>(n)? };
         let args = [

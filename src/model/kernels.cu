@@ -153,3 +153,65 @@ extern "C" __global__ void rmsprop_param(
     if (j >= n) return;
     p[j] -= lr * (scale * g[j]) / (sqrtf(v[j]) + eps);
 }
+
+// Softmax cross-entropy (src/model/loss.rs): the forward pass, one block of 256 threads per
+// row (max, then sum of exp, then probabilities and the row's loss); the backward pass, one
+// thread per logit, writing (p - onehot) * dL/drow over the probabilities.
+#define XENT_BLOCK 256
+
+__device__ float block_reduce(float v, float *shared, bool take_max) {
+    const unsigned int tid = threadIdx.x;
+    shared[tid] = v;
+    __syncthreads();
+    for (unsigned int s = XENT_BLOCK / 2; s > 0; s >>= 1) {
+        if (tid < s) {
+            shared[tid] = take_max ? fmaxf(shared[tid], shared[tid + s]) : shared[tid] + shared[tid + s];
+        }
+        __syncthreads();
+    }
+    const float r = shared[0];
+    __syncthreads();
+    return r;
+}
+
+extern "C" __global__ void softmax_xent_fwd(
+    const unsigned int v,          // classes
+    const float *logits,           // [N, V]
+    const unsigned int *targets,   // [N]
+    float *probs,                  // [N, V]
+    float *row_loss                // [N]
+) {
+    __shared__ float shared[XENT_BLOCK];
+    const size_t row = blockIdx.x;
+    const float *x = logits + row * v;
+    float *p = probs + row * v;
+    float m = -INFINITY;
+    for (unsigned int k = threadIdx.x; k < v; k += XENT_BLOCK) m = fmaxf(m, x[k]);
+    m = block_reduce(m, shared, true);
+    float s = 0.0f;
+    for (unsigned int k = threadIdx.x; k < v; k += XENT_BLOCK) {
+        const float e = expf(x[k] - m);
+        p[k] = e;
+        s += e;
+    }
+    s = block_reduce(s, shared, false);
+    const float inv = 1.0f / s;
+    for (unsigned int k = threadIdx.x; k < v; k += XENT_BLOCK) p[k] *= inv;
+    if (threadIdx.x == 0) {
+        const unsigned int t = targets[row];
+        row_loss[row] = t < v ? logf(s) + m - x[t] : INFINITY;
+    }
+}
+
+extern "C" __global__ void softmax_xent_bwd(
+    const unsigned int n,          // N * V
+    const unsigned int v,          // classes
+    const unsigned int *targets,   // [N]
+    const float *grad_rows,        // [N] dL/d(row loss)
+    float *probs                   // [N, V]: probabilities in, dL/dlogits out
+) {
+    const unsigned int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= n) return;
+    const unsigned int r = j / v, k = j % v;
+    probs[j] = (probs[j] - (k == targets[r] ? 1.0f : 0.0f)) * grad_rows[r];
+}

@@ -1,6 +1,8 @@
 //! Softmax cross-entropy as one candle op: one pass over the logits forward (keeping the
-//! probabilities), one backward (`(softmax - onehot) / N`), where candle's composed
-//! `log_softmax` + `nll` make about ten passes and as many temporaries each way.
+//! probabilities), one backward (`(softmax - onehot) * dL/drow`), where candle's composed
+//! `log_softmax` + `nll` make about ten passes and as many temporaries each way. On the CPU
+//! a loop per row; on CUDA one block per row forward and one thread per logit backward
+//! (`softmax_xent_fwd`, `softmax_xent_bwd` in `kernels.cu`, transcriptions of the loops).
 
 use std::sync::Mutex;
 
@@ -9,23 +11,47 @@ use rayon::prelude::*;
 
 use super::kernels;
 
-/// Mean cross-entropy (nats) of `targets` [N] (u32) under `logits` [N, V]. Fused on the CPU;
-/// candle's composed ops elsewhere.
+/// Mean cross-entropy (nats) of `targets` [N] (u32) under `logits` [N, V]: fused in f32 on the
+/// CPU and on CUDA, candle's composed ops otherwise.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
-    if logits.device().is_cpu() && logits.dtype() == DType::F32 && targets.dtype() == DType::U32 {
+    let device = logits.device();
+    let fused = (device.is_cpu() || device.is_cuda())
+        && logits.dtype() == DType::F32
+        && targets.dtype() == DType::U32;
+    if fused {
+        // Row losses [N], then their mean (in order on the CPU: the same bits every run).
         logits
             .contiguous()?
-            .apply_op2(&targets.contiguous()?, SoftmaxCrossEntropy::default())
+            .apply_op2(&targets.contiguous()?, SoftmaxCrossEntropy::default())?
+            .mean_all()
     } else {
         candle_nn::loss::cross_entropy(logits, targets)
     }
 }
 
-/// The fused op; see [`cross_entropy`].
+/// The softmax of the logits, kept for the backward pass.
+enum Probs {
+    Cpu(Vec<f32>),
+    #[cfg(feature = "cuda")]
+    Cuda(candle_core::cuda_backend::cudarc::driver::CudaSlice<f32>),
+}
+
+/// The fused op: (logits [N, V], targets [N]) → each row's loss [N]; see [`cross_entropy`].
 #[derive(Default)]
 struct SoftmaxCrossEntropy {
-    /// Softmax of the logits, [N, V], kept for the backward pass.
-    probs: Mutex<Option<Vec<f32>>>,
+    probs: Mutex<Option<Probs>>,
+}
+
+/// (N, V) of the op's arguments, checked.
+fn dims(logits: &Layout, targets: &Layout) -> candle_core::Result<(usize, usize)> {
+    let (n, v) = logits.shape().dims2()?;
+    if targets.shape().dims1()? != n {
+        candle_core::bail!(
+            "softmax-cross-entropy: {n} rows of logits but targets {:?}",
+            targets.shape()
+        );
+    }
+    Ok((n, v))
 }
 
 impl CustomOp2 for SoftmaxCrossEntropy {
@@ -40,13 +66,7 @@ impl CustomOp2 for SoftmaxCrossEntropy {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (n, v) = l1.shape().dims2()?;
-        if l2.shape().dims1()? != n {
-            candle_core::bail!(
-                "softmax-cross-entropy: {n} rows of logits but targets {:?}",
-                l2.shape()
-            );
-        }
+        let (n, v) = dims(l1, l2)?;
         let (Some((a, b)), Some((c, d))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
         else {
             candle_core::bail!("softmax-cross-entropy: inputs must be contiguous");
@@ -57,7 +77,7 @@ impl CustomOp2 for SoftmaxCrossEntropy {
             candle_core::bail!("softmax-cross-entropy: target {bad} outside the {v} classes");
         }
         let mut probs = vec![0f32; n * v];
-        let mut row_loss = vec![0f64; n];
+        let mut row_loss = vec![0f32; n];
         probs
             .par_chunks_mut(v)
             .zip(logits.par_chunks(v))
@@ -72,14 +92,41 @@ impl CustomOp2 for SoftmaxCrossEntropy {
                 }
                 let inv = 1.0 / sum;
                 p.iter_mut().for_each(|p| *p *= inv);
-                *loss = (sum.ln() + max - x[t as usize]) as f64;
+                *loss = sum.ln() + max - x[t as usize];
             });
-        // Summed in order, so the loss is the same bits on every run (resume compares it).
-        let total: f64 = row_loss.iter().sum();
-        *self.probs.lock().expect("loss state poisoned") = Some(probs);
+        *self.probs.lock().expect("loss state poisoned") = Some(Probs::Cpu(probs));
+        Ok((CpuStorage::F32(row_loss), Shape::from(n)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use super::cuda::{address, base, launch_blocks, Arg};
+        use candle_core::backend::BackendStorage;
+        let (n, v) = dims(l1, l2)?;
+        let dev = s1.device().clone();
+        // SAFETY (both): the kernel writes every row's probabilities and loss.
+        let probs = unsafe { dev.alloc::<f32>(n * v)? };
+        let rows = unsafe { dev.alloc::<f32>(n)? };
+        let args = [
+            Arg::U32(v as u32),
+            Arg::U64(address::<f32>(s1, l1, self.name(), "logits")?),
+            Arg::U64(address::<u32>(s2, l2, self.name(), "targets")?),
+            Arg::U64(base(&probs, &dev)),
+            Arg::U64(base(&rows, &dev)),
+        ];
+        // SAFETY: the arguments match `softmax_xent_fwd` (one block per row); the buffers
+        // hold N x V and N values. Targets outside [0, V) read as probability 0 (loss inf).
+        unsafe { launch_blocks(&dev, "softmax_xent_fwd", n, &args)? };
+        *self.probs.lock().expect("loss state poisoned") = Some(Probs::Cuda(probs));
         Ok((
-            CpuStorage::F32(vec![(total / n as f64) as f32]),
-            Shape::from(()),
+            candle_core::CudaStorage::wrap_cuda_slice(rows, dev),
+            Shape::from(n),
         ))
     }
 
@@ -90,23 +137,87 @@ impl CustomOp2 for SoftmaxCrossEntropy {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let Some(mut probs) = self.probs.lock().expect("loss state poisoned").take() else {
+        let Some(probs) = self.probs.lock().expect("loss state poisoned").take() else {
             candle_core::bail!("softmax-cross-entropy: backward called twice or before forward");
         };
-        let (n, v) = logits.dims2()?;
-        let scale = grad_res.to_dtype(DType::F32)?.to_scalar::<f32>()? / n as f32;
-        let targets = targets.to_vec1::<u32>()?;
-        // d loss / d logits = (softmax - onehot(target)) / N
+        let grad = SoftmaxCrossEntropyGrad {
+            probs: Mutex::new(Some(probs)),
+            classes: logits.dim(1)?,
+        };
+        let rows = grad_res.to_dtype(DType::F32)?.contiguous()?;
+        Ok((Some(targets.apply_op2_no_bwd(&rows, &grad)?), None))
+    }
+}
+
+/// The gradient: (targets [N], dL/drow [N]) → `(softmax - onehot(target)) * dL/drow` [N, V],
+/// written over the kept probabilities.
+struct SoftmaxCrossEntropyGrad {
+    probs: Mutex<Option<Probs>>,
+    classes: usize,
+}
+
+impl CustomOp2 for SoftmaxCrossEntropyGrad {
+    fn name(&self) -> &'static str {
+        "softmax-cross-entropy-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let Some(Probs::Cpu(mut probs)) = self.probs.lock().expect("loss state poisoned").take()
+        else {
+            candle_core::bail!("softmax-cross-entropy: the forward pass ran elsewhere or twice");
+        };
+        let (Some((a, b)), Some((c, d))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("softmax-cross-entropy: inputs must be contiguous");
+        };
+        let targets = &s1.as_slice::<u32>()?[a..b];
+        let grad_rows = &s2.as_slice::<f32>()?[c..d];
+        let v = self.classes;
         probs
             .par_chunks_mut(v)
-            .zip(targets.par_iter())
-            .for_each(|(p, &t)| {
+            .zip(targets.par_iter().zip(grad_rows.par_iter()))
+            .for_each(|(p, (&t, &g))| {
                 p[t as usize] -= 1.0;
-                p.iter_mut().for_each(|p| *p *= scale);
+                p.iter_mut().for_each(|p| *p *= g);
             });
+        Ok((CpuStorage::F32(probs), Shape::from((targets.len(), v))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use super::cuda::{address, base, launch, Arg};
+        use candle_core::backend::BackendStorage;
+        let Some(Probs::Cuda(probs)) = self.probs.lock().expect("loss state poisoned").take()
+        else {
+            candle_core::bail!("softmax-cross-entropy: the forward pass ran elsewhere or twice");
+        };
+        let dev = s1.device().clone();
+        let (n, v) = (l1.shape().elem_count(), self.classes);
+        let args = [
+            Arg::U32((n * v) as u32),
+            Arg::U32(v as u32),
+            Arg::U64(address::<u32>(s1, l1, self.name(), "targets")?),
+            Arg::U64(address::<f32>(s2, l2, self.name(), "grad")?),
+            Arg::U64(base(&probs, &dev)),
+        ];
+        // SAFETY: the arguments match `softmax_xent_bwd`; probs holds N x V floats, targets
+        // and grad N values each.
+        unsafe { launch(&dev, "softmax_xent_bwd", n * v, &args)? };
         Ok((
-            Some(Tensor::from_vec(probs, (n, v), logits.device())?),
-            None,
+            candle_core::CudaStorage::wrap_cuda_slice(probs, dev),
+            Shape::from((n, v)),
         ))
     }
 }
@@ -135,5 +246,13 @@ mod tests {
         let gb = theirs.affine(3.0, 0.0).unwrap().backward().unwrap();
         let max = crate::model::max_abs_diff(ga.get(&logits).unwrap(), gb.get(&logits).unwrap());
         assert!(max < 1e-6, "gradient differs by {max}");
+    }
+
+    #[test]
+    fn target_outside_the_classes_is_refused() {
+        let logits = Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap();
+        let targets = Tensor::new(&[0u32, 3], &Device::Cpu).unwrap();
+        let err = cross_entropy(&logits, &targets).unwrap_err().to_string();
+        assert!(err.contains("target 3 outside the 3 classes"), "{err}");
     }
 }

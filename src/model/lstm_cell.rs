@@ -263,7 +263,7 @@ mod cuda {
         let bh = batch * hidden;
         let mut args = vec![Arg::U32(bh as u32), Arg::U32(hidden as u32)];
         for (s, l) in inputs {
-            args.push(Arg::U64(address(s, l, name, "input")?));
+            args.push(Arg::U64(address::<f32>(s, l, name, "input")?));
         }
         // SAFETY: every element is written by the kernel before it is read.
         let out = unsafe { dev.alloc::<f32>(out_len)? };

@@ -160,7 +160,7 @@ pub fn forward(
             .into_iter()
             .zip([(Buf::X, "x"), (Buf::WIn, "w_in"), (Buf::WHh, "w_hh")])
     {
-        e.addr[buf as usize] = address(s, l, "fused-lstm", what)?;
+        e.addr[buf as usize] = address::<f32>(s, l, "fused-lstm", what)?;
     }
     e.addr[Buf::Acts as usize] = base(&acts, &dev);
     e.addr[Buf::C as usize] = base(&c, &dev);
@@ -192,7 +192,7 @@ pub fn backward(
         (Buf::Dh, "grad"),
     ];
     for ((s, l), (buf, what)) in inputs.into_iter().zip(names) {
-        e.addr[buf as usize] = address(s, l, "fused-lstm", what)?;
+        e.addr[buf as usize] = address::<f32>(s, l, "fused-lstm", what)?;
     }
     // dL/dh is accumulated into, so the plan gets a copy.
     let (g_st, g_l) = inputs[4];

@@ -196,8 +196,8 @@ impl InplaceOp2 for SquareAvgStep {
             Arg::U32(n as u32),
             Arg::F32(self.alpha),
             Arg::F32(self.scale),
-            Arg::U64(address(s2, l2, self.name(), "grad")?),
-            Arg::U64(address(s1, l1, self.name(), "square_avg")?),
+            Arg::U64(address::<f32>(s2, l2, self.name(), "grad")?),
+            Arg::U64(address::<f32>(s1, l1, self.name(), "square_avg")?),
         ];
         // SAFETY: the arguments match `rmsprop_square_avg` in kernels.cu; both hold n floats.
         unsafe { launch(s1.device(), "rmsprop_square_avg", n, &args) }
@@ -249,9 +249,9 @@ impl InplaceOp3 for ParamStep {
             Arg::F32(self.lr),
             Arg::F32(self.eps),
             Arg::F32(self.scale),
-            Arg::U64(address(s2, l2, self.name(), "square_avg")?),
-            Arg::U64(address(s3, l3, self.name(), "grad")?),
-            Arg::U64(address(s1, l1, self.name(), "parameter")?),
+            Arg::U64(address::<f32>(s2, l2, self.name(), "square_avg")?),
+            Arg::U64(address::<f32>(s3, l3, self.name(), "grad")?),
+            Arg::U64(address::<f32>(s1, l1, self.name(), "parameter")?),
         ];
         // SAFETY: the arguments match `rmsprop_param` in kernels.cu; all hold n floats.
         unsafe { launch(s1.device(), "rmsprop_param", n, &args) }
