@@ -1,11 +1,14 @@
-//! The fused LSTM op on CUDA: [`super::lstm_plan`]'s plan run with cuBLAS `sgemm` on candle's
+//! The fused LSTM op on CUDA: [`super::lstm_plan`]'s plan run with cuBLAS `gemmEx` on candle's
 //! stream and cublas handle, and two kernels of `kernels.cu` (`lstm_seq_cell_fwd`,
 //! `lstm_seq_cell_bwd`, transcriptions of `kernels::cell_forward` / `cell_backward`). A
 //! forward pass is 1 + 2T launches, a backward pass 2T + 3: no allocation, graph node or host
 //! round trip per step, where the per-step cell op pays candle's for each of its ops.
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::cublas::{result::sgemm, sys::cublasOperation_t};
+use candle_core::cuda_backend::cudarc::cublas::result::gemm_ex;
+use candle_core::cuda_backend::cudarc::cublas::sys::{
+    cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType_t,
+};
 use candle_core::cuda_backend::cudarc::driver::CudaSlice;
 use candle_core::cuda_backend::CudaDevice;
 use candle_core::{CudaStorage, Layout};
@@ -68,29 +71,42 @@ impl Engine for CudaEngine {
             }
         };
         let (alpha, beta) = (1f32, call.beta);
+        // TF32 tensor cores only when asked for (AVIARY_TF32=1), as candle's own matmuls.
+        let compute = if candle_core::cuda_backend::gemm_reduced_precision_f32() {
+            cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
+        } else {
+            cublasComputeType_t::CUBLAS_COMPUTE_32F
+        };
+        let f32_type = cudaDataType_t::CUDA_R_32F;
         let blas = self.dev.cublas_handle();
         // SAFETY: cuBLAS's A is the product's B and its B the product's A (RowGemm::cublas);
-        // the addresses and leading dimensions describe contiguous blocks inside live buffers,
-        // and C is never the buffer of A or B (Engine::gemm). The handle runs on candle's stream.
+        // the addresses and leading dimensions describe contiguous f32 blocks inside live
+        // buffers, and C is never the buffer of A or B (Engine::gemm). The handle runs on
+        // candle's stream.
         unsafe {
-            sgemm(
+            gemm_ex(
                 *blas.handle(),
                 op(call.trans_a),
                 op(call.trans_b),
                 call.m as i32,
                 call.n as i32,
                 call.k as i32,
-                &alpha,
-                self.at(b) as *const f32,
+                (&alpha as *const f32).cast(),
+                self.at(b) as *const std::ffi::c_void,
+                f32_type,
                 call.lda as i32,
-                self.at(a) as *const f32,
+                self.at(a) as *const std::ffi::c_void,
+                f32_type,
                 call.ldb as i32,
-                &beta,
-                self.at(c) as *mut f32,
+                (&beta as *const f32).cast(),
+                self.at(c) as *mut std::ffi::c_void,
+                f32_type,
                 call.ldc as i32,
+                compute,
+                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
             )
         }
-        .map_err(|e| candle_core::Error::Msg(format!("fused-lstm: cuBLAS sgemm {g:?}: {e:?}")))
+        .map_err(|e| candle_core::Error::Msg(format!("fused-lstm: cuBLAS gemm {g:?}: {e:?}")))
     }
 
     fn cell_forward(

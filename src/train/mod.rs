@@ -826,6 +826,10 @@ pub fn mix(seed: u64, k: u64) -> u64 {
 pub fn describe_device(device: &Device) -> String {
     match device {
         Device::Cpu => format!("cpu, {} threads", candle_core::utils::get_num_threads()),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(_) if candle_core::cuda_backend::gemm_reduced_precision_f32() => {
+            "cuda, tf32".to_string()
+        }
         Device::Cuda(_) => "cuda".to_string(),
         Device::Metal(_) => "metal".to_string(),
     }
