@@ -205,16 +205,16 @@ pub fn backward(
         (Buf::WIn, "w_in"),
         (Buf::WHh, "w_hh"),
         (Buf::H, "h"),
-        (Buf::Dh, "grad"),
     ];
-    for ((s, l), (buf, what)) in inputs.into_iter().zip(names) {
+    let [x, w_in, w_hh, h, (g_st, g_l)] = inputs;
+    for ((s, l), (buf, what)) in [x, w_in, w_hh, h].into_iter().zip(names) {
         e.addr[buf as usize] = address::<f32>(s, l, "fused-lstm", what)?;
     }
     // dL/dh is accumulated into, so the plan gets a copy.
-    let (g_st, g_l) = inputs[4];
-    let (g0, g1) = g_l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("fused-lstm: grad must be contiguous".into()))?;
+    let Some((g0, g1)) = g_l.contiguous_offsets() else {
+        candle_core::bail!("fused-lstm: grad must be contiguous");
+    };
+    // SAFETY: the copy below fills it.
     let mut dh = unsafe { dev.alloc::<f32>(g1 - g0)? };
     dev.memcpy_dtod(&g_st.as_cuda_slice::<f32>()?.slice(g0..g1), &mut dh)?;
     let dc = dev.alloc_zeros::<f32>(bh)?;
