@@ -336,8 +336,9 @@ mod tests {
     fn check_against_reference(
         layer: fn(&Tensor, &Tensor, &Tensor) -> candle_core::Result<Tensor>,
         label: &str,
+        steps: usize,
     ) {
-        let (t, b, i, h) = (7, 5, 6, 16);
+        let (t, b, i, h) = (steps, 5, 6, 16);
         let x = Var::from_tensor(&rand_tensor(&[t, b, i], 1, 1.5)).unwrap();
         let w_in = Var::from_tensor(&rand_tensor(&[4 * h, i], 3, 0.5)).unwrap();
         let w = Var::from_tensor(&rand_tensor(&[4 * h, h], 2, 0.4)).unwrap();
@@ -367,14 +368,16 @@ mod tests {
 
     #[test]
     fn fused_matches_autograd_reference() {
-        check_against_reference(lstm_sequence, "fused-lstm");
+        check_against_reference(lstm_sequence, "fused-lstm", 7);
+        // One step: no recurrent product at all, and dW_hh is zero.
+        check_against_reference(lstm_sequence, "fused-lstm, one step", 1);
     }
 
     /// The GPU path's cell op, run on the CPU: its CUDA kernels transcribe the functions
     /// this checks.
     #[test]
     fn cell_op_matches_autograd_reference() {
-        check_against_reference(super::super::lstm_cell::lstm_cell_sequence, "lstm-cell");
+        check_against_reference(super::super::lstm_cell::lstm_cell_sequence, "lstm-cell", 7);
     }
 
     /// Gradients of the fused op against central finite differences in f64 arithmetic on a
