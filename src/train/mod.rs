@@ -822,14 +822,23 @@ pub fn mix(seed: u64, k: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// "cpu, N threads" or the CUDA device.
+/// "cpu, N threads", or the CUDA device with its ordinal and name (and "tf32" when f32
+/// matmuls may use TF32), e.g. "cuda:0 NVIDIA H200".
 pub fn describe_device(device: &Device) -> String {
     match device {
         Device::Cpu => format!("cpu, {} threads", candle_core::utils::get_num_threads()),
         #[cfg(feature = "cuda")]
-        Device::Cuda(_) if candle_core::cuda_backend::gemm_reduced_precision_f32() => {
-            "cuda, tf32".to_string()
+        Device::Cuda(d) => {
+            let context = d.cuda_stream().context().clone();
+            let name = context.name().unwrap_or_else(|_| "(name unknown)".into());
+            let tf32 = if candle_core::cuda_backend::gemm_reduced_precision_f32() {
+                ", tf32"
+            } else {
+                ""
+            };
+            format!("cuda:{} {name}{tf32}", context.ordinal())
         }
+        #[cfg(not(feature = "cuda"))]
         Device::Cuda(_) => "cuda".to_string(),
         Device::Metal(_) => "metal".to_string(),
     }
