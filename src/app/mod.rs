@@ -94,7 +94,7 @@ pub fn generate(config: &Config, req: &GenerateRequest) -> Result<(Vec<String>, 
 /// build has it and a GPU answers, else the CPU.
 pub fn pick_device(spec: Option<&str>) -> Result<Device> {
     // `AVIARY_TF32=1`: f32 matmuls on CUDA may use TF32 tensor cores (about three decimal
-    // digits per product; cuDNN, and so PyTorch's LSTM, does by default on Ampere and newer).
+    // digits per product; cuDNN's default math allows them on Ampere and newer).
     #[cfg(feature = "cuda")]
     candle_core::cuda_backend::set_gemm_reduced_precision_f32(
         std::env::var("AVIARY_TF32").is_ok_and(|v| v == "1"),
