@@ -31,13 +31,20 @@ impl Dropout {
             return Ok(x.clone());
         }
         let op = DropoutMask {
-            key: mix(self.seed ^ mix(self.calls.wrapping_add(1))),
+            key: mask_key(self.seed, self.calls),
             rate: self.rate,
             keep_scale: 1.0 / (1.0 - self.rate),
         };
         self.calls += 1;
         Ok(x.contiguous()?.apply_op1(op)?)
     }
+}
+
+/// The key of the mask that call number `call` (from 0) of a [`Dropout`] drawn from `seed` uses:
+/// element `i` of that mask is 0 when the top 24 bits of `mix(key ^ i * 0x9E3779B97F4A7C15)`,
+/// as a fraction of 2^24, fall below the rate (what `dropout_mask` in `kernels.cu` is given).
+pub fn mask_key(seed: u64, call: u64) -> u64 {
+    mix(seed ^ mix(call.wrapping_add(1)))
 }
 
 /// splitmix64's finaliser: a bijective mix of 64 bits. As `mix` in `kernels.cu`.

@@ -1,0 +1,135 @@
+// Runs one kernel of src/model/kernels.cu, compiled for the CPU with shim.h, the way a CUDA
+// launch would: `emu KERNEL GRID BLOCK seq|coop ARG...`. ARG is u32:N, u64:N, f32:X, null (a
+// null pointer) or buf:PATH (the file's bytes as a device buffer; written back to PATH.out
+// after the run). `seq` runs the threads one after another (kernels without __syncthreads);
+// `coop` runs a block's threads at once with a barrier for __syncthreads.
+#include "shim.h"
+
+#include <barrier>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <iterator>
+#include <map>
+#include <string>
+#include <thread>
+#include <vector>
+
+thread_local EmuDim threadIdx, blockIdx, blockDim;
+static std::barrier<>* block_barrier = nullptr;
+
+void __syncthreads() {
+    if (!block_barrier) {
+        std::fprintf(stderr, "__syncthreads in a seq launch: use coop\n");
+        std::exit(3);
+    }
+    block_barrier->arrive_and_wait();
+}
+
+extern "C" {
+void lstm_cell_fwd(unsigned, unsigned, const float*, const float*, const float*, float*);
+void lstm_cell_bwd(unsigned, unsigned, const float*, const float*, const float*, float*);
+void lstm_seq_cell_fwd(unsigned, unsigned, float*, const float*, float*, float*, float*);
+void lstm_seq_cell_bwd(unsigned, unsigned, const float*, const float*, const float*, const float*,
+                       float*, float*);
+void dropout_mask(unsigned, unsigned long long, float, float, const float*, float*);
+void rmsprop_square_avg(unsigned, float, float, const float*, float*);
+void rmsprop_param(unsigned, float, float, float, const float*, const float*, float*);
+void softmax_xent_fwd(unsigned, const float*, const unsigned*, float*, float*);
+void softmax_xent_bwd(unsigned, unsigned, const unsigned*, const float*, float*);
+}
+
+struct Arg {
+    uint64_t u = 0;
+    float f = 0;
+    void* p = nullptr;
+    unsigned u32() const { return (unsigned)u; }
+    float* fp() const { return (float*)p; }
+    unsigned* up() const { return (unsigned*)p; }
+};
+
+using Call = std::function<void(const std::vector<Arg>&)>;
+
+static const std::map<std::string, Call> kernels = {
+    {"lstm_cell_fwd", [](auto& a) { lstm_cell_fwd(a[0].u32(), a[1].u32(), a[2].fp(), a[3].fp(), a[4].fp(), a[5].fp()); }},
+    {"lstm_cell_bwd", [](auto& a) { lstm_cell_bwd(a[0].u32(), a[1].u32(), a[2].fp(), a[3].fp(), a[4].fp(), a[5].fp()); }},
+    {"lstm_seq_cell_fwd", [](auto& a) { lstm_seq_cell_fwd(a[0].u32(), a[1].u32(), a[2].fp(), a[3].fp(), a[4].fp(), a[5].fp(), a[6].fp()); }},
+    {"lstm_seq_cell_bwd", [](auto& a) { lstm_seq_cell_bwd(a[0].u32(), a[1].u32(), a[2].fp(), a[3].fp(), a[4].fp(), a[5].fp(), a[6].fp(), a[7].fp()); }},
+    {"dropout_mask", [](auto& a) { dropout_mask(a[0].u32(), a[1].u, a[2].f, a[3].f, a[4].fp(), a[5].fp()); }},
+    {"rmsprop_square_avg", [](auto& a) { rmsprop_square_avg(a[0].u32(), a[1].f, a[2].f, a[3].fp(), a[4].fp()); }},
+    {"rmsprop_param", [](auto& a) { rmsprop_param(a[0].u32(), a[1].f, a[2].f, a[3].f, a[4].fp(), a[5].fp(), a[6].fp()); }},
+    {"softmax_xent_fwd", [](auto& a) { softmax_xent_fwd(a[0].u32(), a[1].fp(), a[2].up(), a[3].fp(), a[4].fp()); }},
+    {"softmax_xent_bwd", [](auto& a) { softmax_xent_bwd(a[0].u32(), a[1].u32(), a[2].up(), a[3].fp(), a[4].fp()); }},
+};
+
+int main(int argc, char** argv) {
+    if (argc < 5) {
+        std::fprintf(stderr, "usage: emu KERNEL GRID BLOCK seq|coop ARG...\n");
+        return 2;
+    }
+    auto found = kernels.find(argv[1]);
+    if (found == kernels.end()) {
+        std::fprintf(stderr, "unknown kernel %s\n", argv[1]);
+        return 2;
+    }
+    const unsigned grid = std::strtoul(argv[2], nullptr, 10);
+    const unsigned block = std::strtoul(argv[3], nullptr, 10);
+    const bool coop = std::string(argv[4]) == "coop";
+    std::vector<Arg> args;
+    std::vector<std::pair<std::vector<char>*, std::string>> buffers;
+    for (int i = 5; i < argc; i++) {
+        std::string s = argv[i];
+        Arg a;
+        if (s.rfind("u32:", 0) == 0 || s.rfind("u64:", 0) == 0) {
+            a.u = std::strtoull(s.c_str() + 4, nullptr, 10);
+        } else if (s.rfind("f32:", 0) == 0) {
+            a.f = std::strtof(s.c_str() + 4, nullptr);
+        } else if (s.rfind("buf:", 0) == 0) {
+            std::ifstream in(s.substr(4), std::ios::binary);
+            if (!in) {
+                std::fprintf(stderr, "cannot read %s\n", s.c_str() + 4);
+                return 2;
+            }
+            auto* data = new std::vector<char>(std::istreambuf_iterator<char>(in), {});
+            a.p = data->data();
+            buffers.emplace_back(data, s.substr(4) + ".out");
+        } else if (s != "null") {
+            std::fprintf(stderr, "bad argument %s\n", s.c_str());
+            return 2;
+        }
+        args.push_back(a);
+    }
+    const Call& call = found->second;
+    for (unsigned b = 0; b < grid; b++) {
+        if (!coop) {
+            for (unsigned t = 0; t < block; t++) {
+                threadIdx = {t, 0, 0};
+                blockIdx = {b, 0, 0};
+                blockDim = {block, 1, 1};
+                call(args);
+            }
+            continue;
+        }
+        std::barrier<> barrier(block);
+        block_barrier = &barrier;
+        std::vector<std::thread> threads;
+        for (unsigned t = 0; t < block; t++) {
+            threads.emplace_back([&, t, b] {
+                threadIdx = {t, 0, 0};
+                blockIdx = {b, 0, 0};
+                blockDim = {block, 1, 1};
+                call(args);
+            });
+        }
+        for (auto& th : threads) th.join();
+        block_barrier = nullptr;
+    }
+    for (auto& [data, path] : buffers) {
+        std::ofstream out(path, std::ios::binary);
+        out.write(data->data(), data->size());
+    }
+    return 0;
+}
