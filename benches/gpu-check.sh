@@ -36,9 +36,8 @@ pack() {
 }
 
 run() {
-    local out=${OUT:-$KIT/out}
-    mkdir -p "$out" "$KIT/bin"
-    exec > >(tee "$out/gpu-check.log") 2>&1
+    local out=$1
+    mkdir -p "$KIT/bin"
     date -u
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
     tar xzf "$KIT/bins.tar.gz" -C "$KIT/bin"
@@ -82,6 +81,10 @@ run() {
 
 case "${1:-}" in
     pack) pack ;;
-    run) run ;;
+    run)
+        out=${OUT:-$KIT/out}
+        mkdir -p "$out"
+        run "$out" 2>&1 | tee "$out/gpu-check.log"
+        ;;
     *) echo "usage: $0 pack|run" >&2; exit 2 ;;
 esac
