@@ -135,9 +135,10 @@ fn launch(
         .collect()
 }
 
-/// Grid and block of `LaunchConfig::for_num_elems(n)`, as the launchers use.
-fn elems(n: usize) -> (usize, usize) {
-    (n.div_ceil(1024), 1024)
+/// [`launch`] over `n` threads in blocks of 1024, one thread after another, as
+/// `model::cuda::launch` configures it (`LaunchConfig::for_num_elems`).
+fn launch_elems(bin: &Path, kernel: &str, n: usize, args: &[A]) -> Vec<Vec<f32>> {
+    launch(bin, kernel, n.div_ceil(1024), 1024, false, args)
 }
 
 fn data(n: usize, seed: u64, scale: f32) -> Vec<f32> {
@@ -183,15 +184,12 @@ fn fused_op_cell_kernels_match_the_cpu_loops() {
             (gates0.clone(), vec![0.0; n], vec![0.0; n], vec![0.0; n]);
         let cp = (!first_step).then_some(&c_prev[..]);
         kernels::cell_forward(&mut gates, cp, &mut c, &mut tc, &mut h, HIDDEN);
-        let (grid, block) = elems(n);
         let zeros = vec![0f32; n];
         let cp_arg = if first_step { A::Null } else { A::F(&c_prev) };
-        let got = launch(
+        let got = launch_elems(
             bin,
             "lstm_seq_cell_fwd",
-            grid,
-            block,
-            false,
+            n,
             &[
                 A::U32(n),
                 A::U32(HIDDEN),
@@ -225,12 +223,10 @@ fn fused_op_cell_kernels_match_the_cpu_loops() {
         kernels::cell_backward(&gates, cp, &tc, &dh, &mut dc, &mut dgates, HIDDEN);
         let zeros4 = vec![0f32; n4];
         let cp_arg = if first_step { A::Null } else { A::F(&c_prev) };
-        let got = launch(
+        let got = launch_elems(
             bin,
             "lstm_seq_cell_bwd",
-            grid,
-            block,
-            false,
+            n,
             &[
                 A::U32(n),
                 A::U32(HIDDEN),
@@ -270,13 +266,10 @@ fn cell_op_kernels_match_the_cpu_op() {
         .unwrap()
         .to_vec1()
         .unwrap();
-    let (grid, block) = elems(n);
-    let got = launch(
+    let got = launch_elems(
         bin,
         "lstm_cell_fwd",
-        grid,
-        block,
-        false,
+        n,
         &[
             A::U32(n),
             A::U32(HIDDEN),
@@ -299,12 +292,10 @@ fn cell_op_kernels_match_the_cpu_op() {
         .unwrap()
         .to_vec1()
         .unwrap();
-    let got = launch(
+    let got = launch_elems(
         bin,
         "lstm_cell_bwd",
-        grid,
-        block,
-        false,
+        n,
         &[
             A::U32(n),
             A::U32(HIDDEN),
@@ -328,13 +319,10 @@ fn dropout_kernel_draws_the_cpu_mask_bit_for_bit() {
     let _first: Vec<f32> = drop.apply(&xt).unwrap().to_vec1().unwrap();
     // The second call's mask: the key must follow the call count too.
     let want: Vec<f32> = drop.apply(&xt).unwrap().to_vec1().unwrap();
-    let (grid, block) = elems(n);
-    let got = launch(
+    let got = launch_elems(
         bin,
         "dropout_mask",
-        grid,
-        block,
-        false,
+        n,
         &[
             A::U32(n),
             A::U64(mask_key(seed, 1)),
@@ -360,13 +348,10 @@ fn rmsprop_kernels_match_the_cpu_step() {
     opt.step(&grads, scale as f64).unwrap();
     let want_p: Vec<f32> = p.to_vec1().unwrap();
     let want_v: Vec<f32> = opt.state().into_values().next().unwrap().to_vec1().unwrap();
-    let (grid, block) = elems(n);
-    let v = launch(
+    let v = launch_elems(
         bin,
         "rmsprop_square_avg",
-        grid,
-        block,
-        false,
+        n,
         &[
             A::U32(n),
             A::F32(0.9),
@@ -378,12 +363,10 @@ fn rmsprop_kernels_match_the_cpu_step() {
     .pop()
     .unwrap();
     assert_close("square average", &v, &want_v, 1e-7);
-    let got_p = launch(
+    let got_p = launch_elems(
         bin,
         "rmsprop_param",
-        grid,
-        block,
-        false,
+        n,
         &[
             A::U32(n),
             A::F32(1e-2),
@@ -443,13 +426,10 @@ fn softmax_cross_entropy_kernels_match_the_cpu_op() {
         );
         let grad_rows = vec![1.0 / rows as f32; rows];
         let n = rows * classes;
-        let (grid, block) = elems(n);
-        let got = launch(
+        let got = launch_elems(
             bin,
             "softmax_xent_bwd",
-            grid,
-            block,
-            false,
+            n,
             &[
                 A::U32(n),
                 A::U32(classes),
