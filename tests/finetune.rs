@@ -9,7 +9,7 @@ use std::path::Path;
 
 use aviary::store::Store;
 
-use common::{aviary_at as aviary, ok};
+use common::{aviary_at as aviary, ok, TINY};
 
 /// An account with a voice of its own, and two characters (ü, €) the base never saw.
 fn account_tweets(n: usize) -> Vec<String> {
@@ -33,17 +33,6 @@ fn account_tweets(n: usize) -> Vec<String> {
         })
         .collect()
 }
-
-const TINY: [&str; 8] = [
-    "--rnn-size",
-    "32",
-    "--embedding-size",
-    "8",
-    "--batch-size",
-    "16",
-    "--seq-len",
-    "16",
-];
 
 /// A home with a small base model and a bot `bakery` holding the account's tweets.
 fn setup(tmp: &Path) -> (std::path::PathBuf, String) {

@@ -31,18 +31,8 @@ fn a_large_corpus_trains_in_bounded_memory() {
             "--checkpoint-dir",
             dir.to_str().unwrap(),
         ])
-        .args([
-            "--rnn-size",
-            "32",
-            "--embedding-size",
-            "8",
-            "--batch-size",
-            "16",
-            "--seq-len",
-            "16",
-            "--max-steps",
-            "5",
-        ])
+        .args(common::TINY)
+        .args(["--max-steps", "5"])
         .env("RAYON_NUM_THREADS", "2")
         .output()
         .unwrap();

@@ -102,3 +102,15 @@ pub fn ok(o: std::process::Output) -> (String, String) {
     assert!(o.status.success(), "failed:\n{out}\n{err}");
     (out, err)
 }
+
+/// Model and batch flags of a tiny model that trains in seconds.
+pub const TINY: [&str; 8] = [
+    "--rnn-size",
+    "32",
+    "--embedding-size",
+    "8",
+    "--batch-size",
+    "16",
+    "--seq-len",
+    "16",
+];
