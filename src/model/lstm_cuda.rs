@@ -10,7 +10,7 @@ use candle_core::cuda_backend::cudarc::cublas::sys::{
     cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType_t,
 };
 use candle_core::cuda_backend::cudarc::driver::CudaSlice;
-use candle_core::cuda_backend::CudaDevice;
+use candle_core::cuda_backend::{CudaDevice, WrapErr};
 use candle_core::{CudaStorage, Layout};
 
 use super::cuda::{address, base, launch, Arg};
@@ -33,11 +33,14 @@ struct CudaEngine {
 }
 
 impl CudaEngine {
-    fn new(dev: &CudaDevice) -> Self {
-        CudaEngine {
+    fn new(dev: &CudaDevice) -> candle_core::Result<Self> {
+        // cuBLAS runs in the calling thread's current context (a worker thread may not have
+        // one yet); kernel launches bind it themselves.
+        dev.cuda_stream().context().bind_to_thread().w()?;
+        Ok(CudaEngine {
             dev: dev.clone(),
             addr: [0; BUFS],
-        }
+        })
     }
 
     fn at(&self, at: At) -> u64 {
@@ -170,7 +173,7 @@ pub fn forward(
     let c = unsafe { dev.alloc::<f32>(tbh)? };
     let tanh_c = unsafe { dev.alloc::<f32>(tbh)? };
     let h = unsafe { dev.alloc::<f32>(tbh)? };
-    let mut e = CudaEngine::new(&dev);
+    let mut e = CudaEngine::new(&dev)?;
     for ((s, l), (buf, what)) in
         inputs
             .into_iter()
@@ -199,7 +202,7 @@ pub fn backward(
     let dev = inputs[0].0.device().clone();
     let (bh, g4) = (d.batch * d.hidden, 4 * d.hidden);
     let (nx, nw) = (d.steps * d.batch * d.inputs, g4 * d.inputs);
-    let mut e = CudaEngine::new(&dev);
+    let mut e = CudaEngine::new(&dev)?;
     let names = [
         (Buf::X, "x"),
         (Buf::WIn, "w_in"),
