@@ -1,9 +1,11 @@
-//! The LSTM layer for GPUs: per time step one cuBLAS matmul (through candle) and one fused
-//! cell op, instead of the dozen small kernels of the unfused formulation. The cell op
+//! The alternative LSTM layer for GPUs (`AVIARY_CUDA_LSTM=cell`; the default is the fused op,
+//! `lstm_cuda`): per time step one cuBLAS matmul (through candle) and one fused cell op,
+//! instead of the dozen small kernels of the unfused formulation. The cell op
 //! ([`LstmCellFwd`]) and its gradient ([`LstmCellBwd`]) run `kernels.cu` on CUDA and the
 //! functions below on the CPU; the CUDA kernels are line-by-line transcriptions of them, and
 //! the CPU path is tested against candle's autograd on [`super::fused_lstm::lstm_reference`]
-//! (in `fused_lstm`'s tests, beside the fused op's).
+//! (in `fused_lstm`'s tests, beside the fused op's). Kept until both paths have been measured
+//! on a GPU; the slower one goes then.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
