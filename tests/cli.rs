@@ -270,3 +270,52 @@ fn interrupt_saves_and_explains_how_to_resume() {
     let ck = Checkpoint::load(&dir, &Device::Cpu).unwrap();
     assert!(ck.card.training.is_some());
 }
+
+/// `aviary bench` prints one JSON object per measurement: training speed, where a training
+/// step's time goes, and sampling speed at 1 and 64 streams (on the CPU, which it says).
+#[test]
+fn bench_prints_each_measurement_as_a_json_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = common::corpus_file(tmp.path(), "corpus.txt", 400);
+    let o = aviary(&[
+        "bench",
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--steps",
+        "2",
+        "--gen-chars",
+        "10",
+        "--hidden",
+        "32",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let whats: Vec<&str> = lines.iter().map(|l| l["what"].as_str().unwrap()).collect();
+    assert_eq!(
+        whats,
+        ["train", "train-phases", "generate", "generate"],
+        "{out}"
+    );
+    assert!(lines[0]["chars_per_s"].as_f64().unwrap() > 0.0);
+    assert!(lines[0]["final_loss"].as_f64().unwrap().is_finite());
+    for phase in ["forward_ms", "backward_ms", "update_ms"] {
+        let ms = lines[1][phase]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no {phase}: {out}"));
+        assert!(ms > 0.0, "{phase} {ms}");
+    }
+    for (line, streams) in lines[2..].iter().zip([1, 64]) {
+        assert_eq!(line["streams"], streams);
+        assert!(line["chars_per_s"].as_f64().unwrap() > 0.0);
+        assert!(
+            line["device"].as_str().unwrap().starts_with("cpu"),
+            "{line}"
+        );
+    }
+}

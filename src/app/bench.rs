@@ -112,6 +112,35 @@ pub fn run(corpus: &Path, req: &BenchRequest, mut report: impl FnMut(&Value)) ->
         "steps": req.steps, "chars_per_s": (req.steps * b * t) as f64 / dt, "final_loss": loss,
     }));
 
+    // Where a step's time goes: a few more steps with the device synchronised at the end of
+    // each phase (which costs the overlap of the phases, so these add up to a bit more).
+    let phase_steps = req.steps.clamp(1, 20);
+    let mut phases: Vec<(&'static str, f64)> = Vec::new();
+    for k in 0..phase_steps {
+        let (x, y) = batch_at(3 + req.steps + k)?;
+        device.synchronize()?;
+        let mut last = Instant::now();
+        let mut mark = |phase: &'static str| -> Result<()> {
+            device.synchronize()?;
+            let ms = last.elapsed().as_secs_f64() * 1e3 / phase_steps as f64;
+            match phases.iter_mut().find(|(p, _)| *p == phase) {
+                Some((_, total)) => *total += ms,
+                None => phases.push((phase, ms)),
+            }
+            last = Instant::now();
+            Ok(())
+        };
+        learner.step_marked(&x, &y, (req.steps + k) as u64, train.clip_norm, &mut mark)?;
+    }
+    let mut line = json!({
+        "what": "train-phases", "framework": framework, "device": describe_device(&device),
+        "threads": threads, "steps": phase_steps,
+    });
+    for (phase, ms) in &phases {
+        line[format!("{phase}_ms")] = json!(ms);
+    }
+    report(&line);
+
     let step_weights = StepWeights::from_model(&learner.model)?;
     let sample = SampleConfig::default();
     let mut rng = ChaCha8Rng::seed_from_u64(0);

@@ -757,19 +757,35 @@ impl Learner {
     /// Forward, backward, clip to `clip_norm`, update; dropout masks from `seed`. Returns
     /// the batch's loss.
     pub fn step(&mut self, x: &Tensor, y: &Tensor, seed: u64, clip_norm: f64) -> Result<f64> {
+        self.step_marked(x, y, seed, clip_norm, &mut |_| Ok(()))
+    }
+
+    /// [`Learner::step`], calling `mark` as each phase ends: `"forward"` (the loss),
+    /// `"backward"` (the gradients), `"update"` (clipping and RMSprop, the loss read back).
+    /// The benchmark times the phases with it.
+    pub fn step_marked(
+        &mut self,
+        x: &Tensor,
+        y: &Tensor,
+        seed: u64,
+        clip_norm: f64,
+        mark: &mut (dyn FnMut(&'static str) -> Result<()> + Send),
+    ) -> Result<f64> {
         // Run the whole step on a worker of the thread pool: the serial parts then occupy a
         // worker instead of a third thread competing with the pool's spinning workers.
         // (`rayon::scope` runs its body on a worker of the pool.)
-        rayon::scope(|_| self.step_here(x, y, seed, clip_norm))
-    }
-
-    fn step_here(&mut self, x: &Tensor, y: &Tensor, seed: u64, clip_norm: f64) -> Result<f64> {
-        let mut dropout = Dropout::new(self.drop_rate, seed);
-        let loss = self.model.loss(x, y, Some(&mut dropout))?;
-        let grads = loss.backward()?;
-        let scale = clip_scale(self.opt.grad_norm(&grads)?, clip_norm);
-        self.opt.step(&grads, scale)?;
-        Ok(loss.to_scalar::<f32>()? as f64)
+        rayon::scope(|_| {
+            let mut dropout = Dropout::new(self.drop_rate, seed);
+            let loss = self.model.loss(x, y, Some(&mut dropout))?;
+            mark("forward")?;
+            let grads = loss.backward()?;
+            mark("backward")?;
+            let scale = clip_scale(self.opt.grad_norm(&grads)?, clip_norm);
+            self.opt.step(&grads, scale)?;
+            let loss = loss.to_scalar::<f32>()? as f64;
+            mark("update")?;
+            Ok(loss)
+        })
     }
 }
 
