@@ -348,6 +348,7 @@ fn rmsprop_kernels_match_the_cpu_step() {
     opt.step(&grads, scale as f64).unwrap();
     let want_p: Vec<f32> = p.to_vec1().unwrap();
     let want_v: Vec<f32> = opt.state().into_values().next().unwrap().to_vec1().unwrap();
+    // The clip factor is a one-float device buffer (computed on the device in training).
     let v = launch_elems(
         bin,
         "rmsprop_square_avg",
@@ -355,7 +356,7 @@ fn rmsprop_kernels_match_the_cpu_step() {
         &[
             A::U32(n),
             A::F32(0.9),
-            A::F32(scale),
+            A::F(&[scale]),
             A::F(&g),
             A::F(&vec![0.0; n]),
         ],
@@ -371,7 +372,7 @@ fn rmsprop_kernels_match_the_cpu_step() {
             A::U32(n),
             A::F32(1e-2),
             A::F32(1e-8),
-            A::F32(scale),
+            A::F(&[scale]),
             A::F(&v),
             A::F(&g),
             A::F(&p0),

@@ -135,23 +135,24 @@ extern "C" __global__ void dropout_mask(
     y[j] = x[j] * (u < rate ? 0.0f : keep_scale);
 }
 
-// RMSprop's update (src/train/optim.rs: `SquareAvgStep`, `ParamStep`), in place.
+// RMSprop's update (src/train/optim.rs: `SquareAvgStep`, `ParamStep`), in place; `scale` is
+// the clip factor, computed on the device (so nothing is read back before the update).
 extern "C" __global__ void rmsprop_square_avg(
-    const unsigned int n, const float alpha, const float scale, const float *g, float *v
+    const unsigned int n, const float alpha, const float *scale, const float *g, float *v
 ) {
     const unsigned int j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= n) return;
-    const float gs = scale * g[j];
+    const float gs = scale[0] * g[j];
     v[j] = alpha * v[j] + (1.0f - alpha) * gs * gs;
 }
 
 extern "C" __global__ void rmsprop_param(
-    const unsigned int n, const float lr, const float eps, const float scale,
+    const unsigned int n, const float lr, const float eps, const float *scale,
     const float *v, const float *g, float *p
 ) {
     const unsigned int j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= n) return;
-    p[j] -= lr * (scale * g[j]) / (sqrtf(v[j]) + eps);
+    p[j] -= lr * (scale[0] * g[j]) / (sqrtf(v[j]) + eps);
 }
 
 // Softmax cross-entropy (src/model/loss.rs): the forward pass, one block of 256 threads per

@@ -18,7 +18,7 @@ use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 pub use batches::{split_of, Batch, BatchStream, CorpusStats, Split, StreamSpec, TweetSource};
-use optim::{clip_scale, RmsProp};
+use optim::RmsProp;
 
 use crate::model::checkpoint::{self, load_tensors, save_tensors, Card, Checkpoint};
 use crate::model::{CharLstm, Dropout, ModelConfig, Vocab};
@@ -780,8 +780,7 @@ impl Learner {
             mark("forward")?;
             let grads = loss.backward()?;
             mark("backward")?;
-            let scale = clip_scale(self.opt.grad_norm(&grads)?, clip_norm);
-            self.opt.step(&grads, scale)?;
+            self.opt.clip_and_step(&grads, clip_norm)?;
             let loss = loss.to_scalar::<f32>()? as f64;
             mark("update")?;
             Ok(loss)

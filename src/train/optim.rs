@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Tensor, Var};
+use candle_core::{CpuStorage, DType, InplaceOp3, Layout, Tensor, Var};
 use rayon::prelude::*;
 
 use crate::{Error, Result};
@@ -45,8 +45,13 @@ impl RmsProp {
         &self.params
     }
 
-    /// Global L2 norm of the gradients of all parameters (one read back from the device).
+    /// Global L2 norm of the gradients of all parameters.
     pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
+        Ok(self.grad_norm_on_device(grads)?.to_scalar::<f64>()?)
+    }
+
+    /// The global norm as a 0-d f64 tensor where the parameters are (no read back).
+    fn grad_norm_on_device(&self, grads: &GradStore) -> Result<Tensor> {
         let squares = self
             .params
             .iter()
@@ -54,24 +59,63 @@ impl RmsProp {
             .map(|g| g.sqr()?.sum_all()?.to_dtype(DType::F64))
             .collect::<candle_core::Result<Vec<_>>>()?;
         if squares.is_empty() {
-            return Ok(0.0);
+            let device = self.params.first().map(|(_, p)| p.device().clone());
+            return Ok(Tensor::new(
+                0f64,
+                &device.unwrap_or(candle_core::Device::Cpu),
+            )?);
         }
-        let sum = Tensor::stack(&squares, 0)?.sum_all()?.to_scalar::<f64>()?;
-        Ok(sum.sqrt())
+        Ok(Tensor::stack(&squares, 0)?.sum_all()?.sqrt()?)
     }
 
     /// One update with every gradient multiplied by `scale` (for clipping): per parameter one
     /// pass over its square average and one over its values, in place.
     pub fn step(&mut self, grads: &GradStore, scale: f64) -> Result<()> {
-        let scale = scale as f32;
+        let Some((_, p)) = self.params.first() else {
+            return Ok(());
+        };
+        let scale = Tensor::new(scale as f32, p.device())?;
+        self.update(grads, &scale)
+    }
+
+    /// Clips the gradients to global norm `max_norm` ([`clip_scale`]) and updates, without
+    /// reading anything back from the device: the factor is computed and used where the
+    /// gradients are.
+    pub fn clip_and_step(&mut self, grads: &GradStore, max_norm: f64) -> Result<()> {
+        let Some((_, p)) = self.params.first() else {
+            return Ok(());
+        };
+        let scale = if max_norm <= 0.0 {
+            Tensor::new(1f32, p.device())?
+        } else {
+            // min(1, max_norm / (norm + 1e-6)), as clip_scale.
+            self.grad_norm_on_device(grads)?
+                .affine(1.0, 1e-6)?
+                .recip()?
+                .affine(max_norm, 0.0)?
+                .minimum(1.0)?
+                .to_dtype(DType::F32)?
+        };
+        self.update(grads, &scale)
+    }
+
+    /// The update with the gradients multiplied by `scale`, a 0-d f32 tensor on their device.
+    fn update(&mut self, grads: &GradStore, scale: &Tensor) -> Result<()> {
         for ((_, p), v) in self.params.iter().zip(&self.square_avg) {
             let Some(g) = grads.get(p) else { continue };
             let g = g.contiguous()?;
             let alpha = self.alpha as f32;
-            v.inplace_op2(&g, &SquareAvgStep { alpha, scale })?;
+            v.inplace_op3(&g, scale, &SquareAvgStep { alpha })?;
             let (lr, eps) = (self.lr as f32, self.eps as f32);
-            p.as_tensor()
-                .inplace_op3(v, &g, &ParamStep { lr, eps, scale })?;
+            p.as_tensor().inplace_op3(
+                v,
+                &g,
+                &ParamStep {
+                    lr,
+                    eps,
+                    scale: scale.clone(),
+                },
+            )?;
         }
         Ok(())
     }
@@ -119,18 +163,19 @@ impl RmsProp {
     }
 }
 
-/// `v = alpha v + (1 - alpha) (scale g)^2`, in place on the square average v. As
-/// `rmsprop_square_avg` in `src/model/kernels.cu`.
+/// `v = alpha v + (1 - alpha) (scale g)^2`, in place on the square average v, over (g, scale):
+/// `scale` is a 0-d f32 tensor. As `rmsprop_square_avg` in `src/model/kernels.cu`.
 struct SquareAvgStep {
     alpha: f32,
-    scale: f32,
 }
 
-/// `p -= lr (scale g) / (sqrt(v) + eps)`, in place on the parameter p. As `rmsprop_param`.
+/// `p -= lr (scale g) / (sqrt(v) + eps)`, in place on the parameter p, over (v, g); `scale` as
+/// above (held here: an in-place op takes two operands besides the one it writes). As
+/// `rmsprop_param`.
 struct ParamStep {
     lr: f32,
     eps: f32,
-    scale: f32,
+    scale: Tensor,
 }
 
 /// The contiguous f32 data of an optimizer operand, or an error naming it.
@@ -156,7 +201,7 @@ fn operand_mut<'a>(
 /// Elements per task of the CPU loops.
 const CHUNK: usize = 1 << 14;
 
-impl InplaceOp2 for SquareAvgStep {
+impl InplaceOp3 for SquareAvgStep {
     fn name(&self) -> &'static str {
         "rmsprop-square-avg"
     }
@@ -167,9 +212,11 @@ impl InplaceOp2 for SquareAvgStep {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> candle_core::Result<()> {
         let (v, g) = (operand_mut(s1, l1, "square_avg")?, operand(s2, l2, "grad")?);
-        let (alpha, scale) = (self.alpha, self.scale);
+        let (alpha, scale) = (self.alpha, operand(s3, l3, "scale")?[0]);
         v.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK))
             .for_each(|(v, g)| {
@@ -188,6 +235,8 @@ impl InplaceOp2 for SquareAvgStep {
         l1: &Layout,
         s2: &candle_core::CudaStorage,
         l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
     ) -> candle_core::Result<()> {
         use crate::model::cuda::{address, launch, Arg};
         use candle_core::backend::BackendStorage;
@@ -195,11 +244,12 @@ impl InplaceOp2 for SquareAvgStep {
         let args = [
             Arg::U32(n as u32),
             Arg::F32(self.alpha),
-            Arg::F32(self.scale),
+            Arg::U64(address::<f32>(s3, l3, self.name(), "scale")?),
             Arg::U64(address::<f32>(s2, l2, self.name(), "grad")?),
             Arg::U64(address::<f32>(s1, l1, self.name(), "square_avg")?),
         ];
-        // SAFETY: the arguments match `rmsprop_square_avg` in kernels.cu; both hold n floats.
+        // SAFETY: the arguments match `rmsprop_square_avg` in kernels.cu; grad and square_avg
+        // hold n floats, scale one.
         unsafe { launch(s1.device(), "rmsprop_square_avg", n, &args) }
     }
 }
@@ -218,9 +268,16 @@ impl InplaceOp3 for ParamStep {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<()> {
+        let scale = {
+            let (st, l) = self.scale.storage_and_layout();
+            let candle_core::Storage::Cpu(st) = &*st else {
+                candle_core::bail!("rmsprop: the clip factor is not on the CPU");
+            };
+            operand(st, l, "scale")?[0]
+        };
         let p = operand_mut(s1, l1, "parameter")?;
         let (v, g) = (operand(s2, l2, "square_avg")?, operand(s3, l3, "grad")?);
-        let (lr, eps, scale) = (self.lr, self.eps, self.scale);
+        let (lr, eps) = (self.lr, self.eps);
         p.par_chunks_mut(CHUNK)
             .zip(v.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
             .for_each(|(p, (v, g))| {
@@ -243,17 +300,22 @@ impl InplaceOp3 for ParamStep {
     ) -> candle_core::Result<()> {
         use crate::model::cuda::{address, launch, Arg};
         use candle_core::backend::BackendStorage;
+        let (st, l) = self.scale.storage_and_layout();
+        let candle_core::Storage::Cuda(st) = &*st else {
+            candle_core::bail!("rmsprop: the clip factor is not on the GPU");
+        };
         let n = l1.shape().elem_count();
         let args = [
             Arg::U32(n as u32),
             Arg::F32(self.lr),
             Arg::F32(self.eps),
-            Arg::F32(self.scale),
+            Arg::U64(address::<f32>(st, l, self.name(), "scale")?),
             Arg::U64(address::<f32>(s2, l2, self.name(), "square_avg")?),
             Arg::U64(address::<f32>(s3, l3, self.name(), "grad")?),
             Arg::U64(address::<f32>(s1, l1, self.name(), "parameter")?),
         ];
-        // SAFETY: the arguments match `rmsprop_param` in kernels.cu; all hold n floats.
+        // SAFETY: the arguments match `rmsprop_param` in kernels.cu; square_avg, grad and the
+        // parameter hold n floats, scale one (alive: held by this op).
         unsafe { launch(s1.device(), "rmsprop_param", n, &args) }
     }
 }
@@ -351,6 +413,38 @@ mod tests {
                 "element {k}: {} vs {want}",
                 got[k]
             );
+        }
+    }
+
+    /// Clipping on the device does what clipping with the factor read back does, whether
+    /// the norm is above the limit or below it.
+    #[test]
+    fn clip_and_step_matches_stepping_with_the_host_factor() {
+        for max_norm in [0.5, 1e6, 0.0] {
+            let run = |on_device: bool| -> Vec<f32> {
+                let p = Var::from_vec(
+                    (0..300).map(|i| (i as f32 - 150.0) / 40.0).collect(),
+                    300,
+                    &Device::Cpu,
+                )
+                .unwrap();
+                let mut opt =
+                    RmsProp::new(vec![("p".into(), p.clone())], 0.01, 0.99, 1e-8).unwrap();
+                for _ in 0..3 {
+                    let grads = p.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+                    if on_device {
+                        opt.clip_and_step(&grads, max_norm).unwrap();
+                    } else {
+                        let scale = clip_scale(opt.grad_norm(&grads).unwrap(), max_norm);
+                        opt.step(&grads, scale).unwrap();
+                    }
+                }
+                p.to_vec1().unwrap()
+            };
+            let (device, host) = (run(true), run(false));
+            for (a, b) in device.iter().zip(&host) {
+                assert!((a - b).abs() < 1e-6, "max_norm {max_norm}: {a} vs {b}");
+            }
         }
     }
 

@@ -36,8 +36,8 @@ void lstm_seq_cell_fwd(unsigned, unsigned, float*, const float*, float*, float*,
 void lstm_seq_cell_bwd(unsigned, unsigned, const float*, const float*, const float*, const float*,
                        float*, float*);
 void dropout_mask(unsigned, unsigned long long, float, float, const float*, float*);
-void rmsprop_square_avg(unsigned, float, float, const float*, float*);
-void rmsprop_param(unsigned, float, float, float, const float*, const float*, float*);
+void rmsprop_square_avg(unsigned, float, const float*, const float*, float*);
+void rmsprop_param(unsigned, float, float, const float*, const float*, const float*, float*);
 void softmax_xent_fwd(unsigned, const float*, const unsigned*, float*, float*);
 void softmax_xent_bwd(unsigned, unsigned, const unsigned*, const float*, float*);
 }
@@ -59,8 +59,8 @@ static const std::map<std::string, Call> kernels = {
     {"lstm_seq_cell_fwd", [](auto& a) { lstm_seq_cell_fwd(a[0].u32(), a[1].u32(), a[2].fp(), a[3].fp(), a[4].fp(), a[5].fp(), a[6].fp()); }},
     {"lstm_seq_cell_bwd", [](auto& a) { lstm_seq_cell_bwd(a[0].u32(), a[1].u32(), a[2].fp(), a[3].fp(), a[4].fp(), a[5].fp(), a[6].fp(), a[7].fp()); }},
     {"dropout_mask", [](auto& a) { dropout_mask(a[0].u32(), a[1].u, a[2].f, a[3].f, a[4].fp(), a[5].fp()); }},
-    {"rmsprop_square_avg", [](auto& a) { rmsprop_square_avg(a[0].u32(), a[1].f, a[2].f, a[3].fp(), a[4].fp()); }},
-    {"rmsprop_param", [](auto& a) { rmsprop_param(a[0].u32(), a[1].f, a[2].f, a[3].f, a[4].fp(), a[5].fp(), a[6].fp()); }},
+    {"rmsprop_square_avg", [](auto& a) { rmsprop_square_avg(a[0].u32(), a[1].f, a[2].fp(), a[3].fp(), a[4].fp()); }},
+    {"rmsprop_param", [](auto& a) { rmsprop_param(a[0].u32(), a[1].f, a[2].f, a[3].fp(), a[4].fp(), a[5].fp(), a[6].fp()); }},
     {"softmax_xent_fwd", [](auto& a) { softmax_xent_fwd(a[0].u32(), a[1].fp(), a[2].up(), a[3].fp(), a[4].fp()); }},
     {"softmax_xent_bwd", [](auto& a) { softmax_xent_bwd(a[0].u32(), a[1].u32(), a[2].up(), a[3].fp(), a[4].fp()); }},
 };
