@@ -658,3 +658,37 @@ fn the_scheduler_takes_in_new_bots_and_schedule_changes_while_it_runs() {
         "{outbox}"
     );
 }
+
+#[test]
+fn credentials_saved_while_the_scheduler_runs_take_the_bot_live() {
+    let mock = MockX::start();
+    let env = setup(&mock, false);
+    let d = env.daemon(None);
+    d.wait_for("the start in dry run", |l| l.contains("b: dry run"));
+    // As `aviary auth b` would leave them, while the scheduler runs.
+    write_credentials(&env, true, 0o600);
+    d.wait_for("the switch to live", |l| l.contains("b: live"));
+    env.queue_id("b", "posted for real once authorized");
+    d.wait_for("the post", |l| l.contains("b: posted #"));
+    // A file others can read is refused: said once, and the bot stays live.
+    write_credentials(&env, true, 0o644);
+    d.wait_for("the complaint", |l| l.contains("credentials unreadable"));
+    std::thread::sleep(Duration::from_millis(2500));
+    let log = d.stop();
+    assert_eq!(count(&log, "credentials unreadable"), 1, "{log}");
+    let (dry, live) = (
+        log.find("b: dry run").unwrap(),
+        log.find("b: live").unwrap(),
+    );
+    assert!(dry < live, "dry run first, then live:\n{log}");
+    assert!(
+        mock.posts()
+            .iter()
+            .any(|p| p.text == "posted for real once authorized"),
+        "{:?}",
+        mock.posts()
+    );
+    let outbox = std::fs::read_to_string(env.home.path().join("outbox.jsonl")).unwrap_or_default();
+    assert!(!outbox.contains("posted for real"), "{outbox}");
+    no_secrets(&log);
+}

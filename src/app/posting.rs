@@ -489,6 +489,8 @@ pub enum PostEvent {
         /// The bot.
         bot: String,
     },
+    /// The credentials file cannot be read now; the bots keep their routes.
+    CredentialsUnreadable(String),
     /// Test hook (`AVIARY_TEST_PAUSE_AT`): the process holds still at this step.
     Holding(String),
 }
@@ -535,6 +537,9 @@ impl std::fmt::Display for PostEvent {
             PostEvent::BotStopped { bot, why } => write!(f, "{bot}: posting stopped: {why}"),
             PostEvent::EmptyQueue { bot } => {
                 write!(f, "{bot}: a slot came and the queue is empty")
+            }
+            PostEvent::CredentialsUnreadable(why) => {
+                write!(f, "credentials unreadable, bots keep their routes: {why}")
             }
             PostEvent::Holding(step) => write!(f, "holding at {step} (AVIARY_TEST_PAUSE_AT)"),
         }
@@ -583,6 +588,8 @@ impl PostingLock {
 /// One bot's poster: its client, schedule, and what this run knows of it.
 struct BotPoster {
     bot: Bot,
+    /// The keys it posts with (`None`: dry run), to see a change in the credentials.
+    keys: Option<BotKeys>,
     api: Box<dyn XApi>,
     plan: Plan,
     enabled: bool,
@@ -610,6 +617,10 @@ struct Posting<'a> {
     hold_at: Option<String>,
     stop: &'a AtomicBool,
     on: &'a mut dyn FnMut(PostEvent),
+    /// Whether the first sync is done (after it, unreadable credentials only say so).
+    started: bool,
+    /// The last complaint about the credentials, said once.
+    creds_error: Option<String>,
 }
 
 impl Posting<'_> {
@@ -793,9 +804,11 @@ impl Posting<'_> {
         self.send(p, &again)
     }
 
-    /// Makes `posters` match the store's bots (those in `opts.bots`, if any): new bots and
-    /// changed schedules get a poster, keeping what this run learnt of the bot; removed bots
-    /// go. Says so for each change.
+    /// Makes `posters` match the store's bots (those in `opts.bots`, if any) and the
+    /// credentials: new bots, changed schedules and changed keys (`aviary auth` while this
+    /// runs) get a poster, keeping what this run learnt of the bot; removed bots go. Says so
+    /// for each change. Credentials that cannot be read stop the start, and later only say so
+    /// (once) while the bots keep their routes.
     fn sync(
         &mut self,
         setup: &PostingSetup,
@@ -803,6 +816,22 @@ impl Posting<'_> {
         posters: &mut Vec<BotPoster>,
     ) -> Result<()> {
         let now = self.clock.now();
+        let creds = match setup.credentials() {
+            Ok(c) => {
+                self.creds_error = None;
+                Some(c)
+            }
+            Err(e) if self.started => {
+                let why = e.to_string();
+                if self.creds_error.as_ref() != Some(&why) {
+                    (self.on)(PostEvent::CredentialsUnreadable(why.clone()));
+                    self.creds_error = Some(why);
+                }
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        self.started = true;
         let bots: Vec<Bot> = self
             .store
             .bots()?
@@ -812,16 +841,25 @@ impl Posting<'_> {
         posters.retain(|p| bots.iter().any(|b| b.id == p.bot.id));
         for bot in bots {
             let old = posters.iter().position(|p| p.bot.id == bot.id);
-            if old.is_some_and(|i| posters[i].bot.schedule == bot.schedule) {
+            // Unreadable credentials: a known bot keeps its route, a new one waits.
+            let Some(c) = &creds else { continue };
+            let route = setup.route(c.as_ref(), &bot.name);
+            let same_keys = |p: &BotPoster| p.keys.as_ref() == route.keys.as_ref();
+            if old
+                .is_some_and(|i| posters[i].bot.schedule == bot.schedule && same_keys(&posters[i]))
+            {
                 continue;
             }
-            let (mut p, mode) = poster(setup, self.store, bot, now)?;
+            let (mut p, mode) = poster(setup, self.store, bot, route, now)?;
             if let Some(i) = old {
                 let was = posters.remove(i);
                 p.anchor = was.anchor;
                 p.blocked_until = was.blocked_until;
-                p.user_id = was.user_id;
-                p.stopped = was.stopped && was.enabled;
+                // New keys: a new account perhaps, and a stop for refused keys is over.
+                if was.keys == p.keys {
+                    p.user_id = was.user_id;
+                    p.stopped = was.stopped && was.enabled;
+                }
             }
             if !p.enabled {
                 p.stopped = true;
@@ -961,6 +999,8 @@ fn posting<'a>(
         hold_at: hold_at(),
         stop,
         on,
+        started: false,
+        creds_error: None,
     }
 }
 
@@ -968,14 +1008,14 @@ fn poster(
     setup: &PostingSetup,
     store: &Store,
     bot: Bot,
+    route: Route,
     now: DateTime<Utc>,
 ) -> Result<(BotPoster, Mode)> {
     let schedule = schedule_of(setup.config, &bot)?;
     let plan = schedule.plan(bot.id.0 as u64)?;
-    let route = setup.route(setup.credentials()?.as_ref(), &bot.name);
     let api = setup.api(&bot.name, &route)?;
     let user_id = route.keys.as_ref().and_then(|k| k.account.user_id.clone());
-    let mode = route.mode;
+    let (mode, keys) = (route.mode, route.keys);
     // A slot missed while nothing ran is posted once, not once per missed slot.
     let anchor = store
         .last_posted_at(bot.id)?
@@ -984,6 +1024,7 @@ fn poster(
     Ok((
         BotPoster {
             bot,
+            keys,
             api,
             plan,
             enabled: schedule.enabled,
@@ -1069,7 +1110,8 @@ pub fn post_now(
         .into_iter()
         .find(|b| b.id == e.bot_id)
         .expect("an entry's bot exists");
-    let (mut p, mode) = poster(setup, store, bot, clock.now())?;
+    let route = setup.route(setup.credentials()?.as_ref(), &bot.name);
+    let (mut p, mode) = poster(setup, store, bot, route, clock.now())?;
     let stop = AtomicBool::new(false);
     let mut posting = posting(setup, store, clock, &stop, on);
     (posting.on)(PostEvent::Ready {

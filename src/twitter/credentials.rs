@@ -79,7 +79,7 @@ pub struct AccountKeys {
 }
 
 /// Everything signing a request for one bot takes.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BotKeys {
     /// The app.
     pub app: AppKeys,
