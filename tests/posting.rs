@@ -670,9 +670,14 @@ fn credentials_saved_while_the_scheduler_runs_take_the_bot_live() {
     d.wait_for("the switch to live", |l| l.contains("b: live"));
     env.queue_id("b", "posted for real once authorized");
     d.wait_for("the post", |l| l.contains("b: posted #"));
-    // A file others can read is refused: said once, and the bot stays live.
+    // A file others can read is refused: said once, and the bot keeps its keys.
     write_credentials(&env, true, 0o644);
     d.wait_for("the complaint", |l| l.contains("credentials unreadable"));
+    // Schedule changes are still taken in meanwhile.
+    env.ok(&["schedule", "set", "b", "enabled=false"]);
+    d.wait_for("the pause", |l| {
+        l.contains("b: posting stopped: its schedule is off")
+    });
     std::thread::sleep(Duration::from_millis(2500));
     let log = d.stop();
     assert_eq!(count(&log, "credentials unreadable"), 1, "{log}");

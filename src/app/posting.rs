@@ -841,9 +841,18 @@ impl Posting<'_> {
         posters.retain(|p| bots.iter().any(|b| b.id == p.bot.id));
         for bot in bots {
             let old = posters.iter().position(|p| p.bot.id == bot.id);
-            // Unreadable credentials: a known bot keeps its route, a new one waits.
-            let Some(c) = &creds else { continue };
-            let route = setup.route(c.as_ref(), &bot.name);
+            let route = match (&creds, old) {
+                (Some(c), _) => setup.route(c.as_ref(), &bot.name),
+                // Unreadable credentials: a known bot keeps its keys, a new one waits.
+                (None, Some(i)) => Route {
+                    mode: match posters[i].keys {
+                        Some(_) => Mode::Live,
+                        None => Mode::DryRun("the credentials are unreadable".into()),
+                    },
+                    keys: posters[i].keys.clone(),
+                },
+                (None, None) => continue,
+            };
             let same_keys = |p: &BotPoster| p.keys.as_ref() == route.keys.as_ref();
             if old
                 .is_some_and(|i| posters[i].bot.schedule == bot.schedule && same_keys(&posters[i]))
