@@ -82,10 +82,7 @@ impl CustomOp1 for DropoutMask {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let Some((a, b)) = l.contiguous_offsets() else {
-            candle_core::bail!("dropout: input must be contiguous");
-        };
-        let x = &s.as_slice::<f32>()?[a..b];
+        let x = super::cpu_slice::<f32>(s, l, "dropout", "input")?;
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(1 << 14)
             .zip(x.par_chunks(1 << 14))

@@ -103,15 +103,9 @@ pub struct FusedLstm {
     saved: Mutex<Option<Arc<Saved>>>,
 }
 
-/// The f32 slice of a contiguous CPU tensor argument, or an error naming the op and argument.
+/// The f32 data of a contiguous CPU argument of the op.
 fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let Some((start, end)) = l.contiguous_offsets() else {
-        candle_core::bail!(
-            "fused-lstm: {what} must be contiguous, got strides {:?}",
-            l.stride()
-        );
-    };
-    Ok(&s.as_slice::<f32>()?[start..end])
+    super::cpu_slice(s, l, "fused-lstm", what)
 }
 
 /// The run's sizes from the layouts of x [T,B,I], w_in [4H,I] and w_hh [4H,H], checked.

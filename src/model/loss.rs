@@ -67,12 +67,8 @@ impl CustomOp2 for SoftmaxCrossEntropy {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, v) = dims(l1, l2)?;
-        let (Some((a, b)), Some((c, d))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("softmax-cross-entropy: inputs must be contiguous");
-        };
-        let logits = &s1.as_slice::<f32>()?[a..b];
-        let targets = &s2.as_slice::<u32>()?[c..d];
+        let logits = super::cpu_slice::<f32>(s1, l1, self.name(), "logits")?;
+        let targets = super::cpu_slice::<u32>(s2, l2, self.name(), "targets")?;
         if let Some(bad) = targets.iter().find(|&&t| t as usize >= v) {
             candle_core::bail!("softmax-cross-entropy: target {bad} outside the {v} classes");
         }
@@ -172,12 +168,8 @@ impl CustomOp2 for SoftmaxCrossEntropyGrad {
         else {
             candle_core::bail!("softmax-cross-entropy: the forward pass ran elsewhere or twice");
         };
-        let (Some((a, b)), Some((c, d))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("softmax-cross-entropy: inputs must be contiguous");
-        };
-        let targets = &s1.as_slice::<u32>()?[a..b];
-        let grad_rows = &s2.as_slice::<f32>()?[c..d];
+        let targets = super::cpu_slice::<u32>(s1, l1, self.name(), "targets")?;
+        let grad_rows = super::cpu_slice::<f32>(s2, l2, self.name(), "grad")?;
         let v = self.classes;
         probs
             .par_chunks_mut(v)

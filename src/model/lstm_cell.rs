@@ -81,16 +81,6 @@ pub struct LstmCellFwd;
 /// (dL/dgates, then dL/dc_prev).
 pub struct LstmCellBwd;
 
-fn f32s<'a>(s: &'a CpuStorage, l: &Layout, op: &str, what: &str) -> candle_core::Result<&'a [f32]> {
-    let Some((a, b)) = l.contiguous_offsets() else {
-        candle_core::bail!(
-            "{op}: {what} must be contiguous, got strides {:?}",
-            l.stride()
-        );
-    };
-    Ok(&s.as_slice::<f32>()?[a..b])
-}
-
 /// Runs `cell` for each of the `bh` cells over three contiguous f32 inputs into an output of
 /// `per_cell * bh` floats: the CPU side of both ops, as the CUDA kernels run one thread a cell.
 fn cpu_cells(
@@ -102,9 +92,9 @@ fn cpu_cells(
 ) -> candle_core::Result<CpuStorage> {
     let [a, b, c] = args;
     let inputs = [
-        f32s(a.0, a.1, op, a.2)?,
-        f32s(b.0, b.1, op, b.2)?,
-        f32s(c.0, c.1, op, c.2)?,
+        super::cpu_slice(a.0, a.1, op, a.2)?,
+        super::cpu_slice(b.0, b.1, op, b.2)?,
+        super::cpu_slice(c.0, c.1, op, c.2)?,
     ];
     let mut out = vec![0f32; per_cell * bh];
     for j in 0..bh {

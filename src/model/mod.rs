@@ -218,6 +218,23 @@ impl CharLstm {
     }
 }
 
+/// The data of a contiguous CPU tensor argument of a custom op, borrowed; `op` and `what` name
+/// it in the error. The CPU twin of `cuda::address`.
+pub(crate) fn cpu_slice<'a, T: candle_core::WithDType>(
+    s: &'a candle_core::CpuStorage,
+    l: &candle_core::Layout,
+    op: &str,
+    what: &str,
+) -> candle_core::Result<&'a [T]> {
+    let Some((start, end)) = l.contiguous_offsets() else {
+        candle_core::bail!(
+            "{op}: {what} must be contiguous, got strides {:?}",
+            l.stride()
+        );
+    };
+    Ok(&s.as_slice::<T>()?[start..end])
+}
+
 /// Largest absolute elementwise difference of two tensors of one shape (for tests).
 #[cfg(test)]
 pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {

@@ -180,10 +180,7 @@ struct ParamStep {
 
 /// The contiguous f32 data of an optimizer operand, or an error naming it.
 fn operand<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
-        None => candle_core::bail!("rmsprop: {what} must be contiguous"),
-    }
+    crate::model::cpu_slice(s, l, "rmsprop", what)
 }
 
 /// The same for the operand updated in place.
