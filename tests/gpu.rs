@@ -5,6 +5,8 @@
 //! small model. Each skips, saying why, in a build without `--features cuda` or where no GPU
 //! answers.
 
+mod common;
+
 use aviary::model::dropout::Dropout;
 use aviary::model::fused_lstm::lstm_sequence;
 use aviary::model::lstm_cell::lstm_cell_sequence;
@@ -32,16 +34,7 @@ macro_rules! gpu_or_skip {
 
 fn rand(shape: &[usize], seed: u64, scale: f32) -> Tensor {
     let n: usize = shape.iter().product();
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let data: Vec<f32> = (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale
-        })
-        .collect();
-    Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
+    Tensor::from_vec(common::noise(n, seed, scale), shape, &Device::Cpu).unwrap()
 }
 
 fn host(t: &Tensor) -> Vec<f32> {

@@ -4,6 +4,8 @@
 //! This checks the kernels' indexing and arithmetic on a machine without a GPU; `tests/gpu.rs`
 //! checks them on one. Skips, saying why, where no C++20 compiler (g++) is found.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -14,6 +16,7 @@ use aviary::model::loss::cross_entropy;
 use aviary::model::lstm_cell::{LstmCellBwd, LstmCellFwd};
 use aviary::train::optim::RmsProp;
 use candle_core::{Device, Tensor, Var};
+use common::noise as data;
 
 /// The emulator binary, built once per test run, or why there is none.
 fn emulator() -> Result<&'static Path, String> {
@@ -139,18 +142,6 @@ fn launch(
 /// `model::cuda::launch` configures it (`LaunchConfig::for_num_elems`).
 fn launch_elems(bin: &Path, kernel: &str, n: usize, args: &[A]) -> Vec<Vec<f32>> {
     launch(bin, kernel, n.div_ceil(1024), 1024, false, args)
-}
-
-fn data(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale
-        })
-        .collect()
 }
 
 fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
