@@ -3,6 +3,7 @@
 
 fn main() {
     println!("cargo:rerun-if-changed=src/model/kernels.cu");
+    println!("cargo:rerun-if-changed=src/model/tensor_list.h");
     println!("cargo:rerun-if-changed=build.rs");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;

@@ -164,27 +164,47 @@ fn cuda_loss_and_gradient_match_the_cpu() {
     assert!(d < 1e-7, "loss gradient differs by {d}");
 }
 
+/// Ten parameters (two kernel launches' lists of eight), one at the size of W_hh, stepped
+/// with fixed scales and then clipped on the device, as training does.
 #[test]
 fn cuda_rmsprop_step_matches_the_cpu() {
     let dev = gpu_or_skip!();
-    let p0 = rand(&[2048, 512], 7, 0.1);
+    let shapes: Vec<Vec<usize>> = (0..10)
+        .map(|k| match k {
+            3 => vec![2048, 512],
+            _ => vec![100 * k + 7, 3],
+        })
+        .collect();
+    let p0: Vec<Tensor> = (0..10)
+        .map(|k| rand(&shapes[k], 7 + k as u64, 0.1))
+        .collect();
     let run = |d: &Device| {
-        let p = Var::from_tensor(&p0.to_device(d).unwrap()).unwrap();
-        let mut opt = RmsProp::new(vec![("p".into(), p.clone())], 1e-3, 0.99, 1e-8).unwrap();
+        let ps: Vec<Var> = p0
+            .iter()
+            .map(|p| Var::from_tensor(&p.to_device(d).unwrap()).unwrap())
+            .collect();
+        let named = (0..10).map(|k| (format!("p{k}"), ps[k].clone())).collect();
+        let mut opt = RmsProp::new(named, 1e-3, 0.99, 1e-8).unwrap();
+        let grads = || {
+            let mut loss = ps[0].sqr().unwrap().sum_all().unwrap();
+            for p in &ps[1..] {
+                loss = loss.add(&p.sqr().unwrap().sum_all().unwrap()).unwrap();
+            }
+            loss.backward().unwrap()
+        };
         for scale in [1.0, 0.3] {
-            let g = p.sqr().unwrap().sum_all().unwrap().backward().unwrap();
-            let norm = opt.grad_norm(&g).unwrap();
-            assert!(norm > 0.0);
-            opt.step(&g, scale).unwrap();
+            opt.step(&grads(), scale).unwrap();
         }
-        // Then clipped on the device, as training does (the norm is far above 0.5).
-        let g = p.sqr().unwrap().sum_all().unwrap().backward().unwrap();
-        opt.clip_and_step(&g, 0.5).unwrap();
-        p.as_tensor().clone()
+        // The norm is far above 0.5: clipped.
+        opt.clip_and_step(&grads(), 0.5).unwrap();
+        ps.iter().map(|p| p.as_tensor().clone()).collect::<Vec<_>>()
     };
-    let d = relative_diff(&run(&Device::Cpu), &run(&dev));
-    println!("rmsprop max relative diff {d:e}");
-    assert!(d < 1e-5, "parameters differ by {d} after three steps");
+    let (cpu, gpu) = (run(&Device::Cpu), run(&dev));
+    for (k, (c, g)) in cpu.iter().zip(&gpu).enumerate() {
+        let d = relative_diff(c, g);
+        println!("rmsprop parameter {k} max relative diff {d:e}");
+        assert!(d < 1e-5, "parameter {k} differs by {d} after three steps");
+    }
 }
 
 #[test]

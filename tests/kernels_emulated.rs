@@ -29,6 +29,8 @@ fn emulator() -> Result<&'static Path, String> {
             let out = Command::new("g++")
                 .args(["-std=c++20", "-O1", "-pthread", "-I"])
                 .arg(root.join("tests/cuda_emu"))
+                .arg("-I")
+                .arg(root.join("src/model"))
                 .arg("-include")
                 .arg(root.join("tests/cuda_emu/shim.h"))
                 .args(["-x", "c++"])
@@ -73,12 +75,13 @@ enum A<'a> {
     U(&'a [u32]),
 }
 
-/// Runs `kernel` over `grid` x `block` threads (`coop`: all threads of a block at once, for
-/// kernels with barriers); returns each f32 buffer argument as the kernel left it, in order.
+/// Runs `kernel` over a grid of `grid` (x, y) blocks of `block` threads (`coop`: all threads
+/// of a block at once, for kernels with barriers); returns each f32 buffer argument as the
+/// kernel left it, in order.
 fn launch(
     bin: &Path,
     kernel: &str,
-    grid: usize,
+    grid: (usize, usize),
     block: usize,
     coop: bool,
     args: &[A],
@@ -87,7 +90,7 @@ fn launch(
     let mut cmd = Command::new(bin);
     cmd.args([
         kernel,
-        &grid.to_string(),
+        &format!("{}x{}", grid.0, grid.1),
         &block.to_string(),
         if coop { "coop" } else { "seq" },
     ]);
@@ -141,7 +144,7 @@ fn launch(
 /// [`launch`] over `n` threads in blocks of 1024, one thread after another, as
 /// `model::cuda::launch` configures it (`LaunchConfig::for_num_elems`).
 fn launch_elems(bin: &Path, kernel: &str, n: usize, args: &[A]) -> Vec<Vec<f32>> {
-    launch(bin, kernel, n.div_ceil(1024), 1024, false, args)
+    launch(bin, kernel, (n.div_ceil(1024), 1), 1024, false, args)
 }
 
 fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
@@ -326,52 +329,118 @@ fn dropout_kernel_draws_the_cpu_mask_bit_for_bit() {
     assert!(got[1] == want, "the kernel's mask differs from the CPU's");
 }
 
+/// The RMSprop kernels over a list of three parameters (one larger than the grid's threads,
+/// one smaller than a block) from a nonzero square average, clipped to a global norm and then
+/// scaled by a fixed factor, against the CPU optimizer.
 #[test]
-fn rmsprop_kernels_match_the_cpu_step() {
+fn rmsprop_kernels_match_the_cpu_optimizer() {
     let bin = emulator_or_skip!();
-    let n = 3000;
-    let p0 = data(n, 10, 1.0);
-    let p = Var::from_slice(&p0, n, &Device::Cpu).unwrap();
-    let mut opt = RmsProp::new(vec![("p".into(), p.clone())], 1e-2, 0.9, 1e-8).unwrap();
-    let grads = p.sqr().unwrap().sum_all().unwrap().backward().unwrap();
-    let g: Vec<f32> = grads.get(&p).unwrap().to_vec1().unwrap();
-    let scale = 0.3f32;
-    opt.step(&grads, scale as f64).unwrap();
-    let want_p: Vec<f32> = p.to_vec1().unwrap();
-    let want_v: Vec<f32> = opt.state().into_values().next().unwrap().to_vec1().unwrap();
-    // The clip factor is a one-float device buffer (computed on the device in training).
-    let v = launch_elems(
-        bin,
-        "rmsprop_square_avg",
-        n,
-        &[
-            A::U32(n),
-            A::F32(0.9),
-            A::F(&[scale]),
-            A::F(&g),
-            A::F(&vec![0.0; n]),
-        ],
-    )
-    .pop()
-    .unwrap();
-    assert_close("square average", &v, &want_v, 1e-7);
-    let got_p = launch_elems(
-        bin,
-        "rmsprop_param",
-        n,
-        &[
-            A::U32(n),
-            A::F32(1e-2),
-            A::F32(1e-8),
-            A::F(&[scale]),
-            A::F(&v),
-            A::F(&g),
-            A::F(&p0),
-        ],
-    )
-    .pop()
-    .unwrap();
-    assert_close("parameters", &got_p, &want_p, 1e-6);
+    let (lr, alpha, eps) = (1e-2, 0.9, 1e-8);
+    let sizes = [3000usize, 17, 700];
+    let p0: Vec<Vec<f32>> = (0..3).map(|k| data(sizes[k], 20 + k as u64, 1.0)).collect();
+    let v0: Vec<Vec<f32>> = (0..3)
+        .map(|k| {
+            data(sizes[k], 30 + k as u64, 1.0)
+                .iter()
+                .map(|x| x * x)
+                .collect()
+        })
+        .collect();
+    // The CPU optimizer from the same state after one call; its gradients (2p) with them.
+    let cpu_step = |clip: Option<f64>, scale: f64| {
+        let vars: Vec<Var> = (0..3)
+            .map(|k| Var::from_slice(&p0[k], sizes[k], &Device::Cpu).unwrap())
+            .collect();
+        let named = (0..3).map(|k| (format!("p{k}"), vars[k].clone())).collect();
+        let mut opt = RmsProp::new(named, lr, alpha, eps).unwrap();
+        let state = (0..3)
+            .map(|k| {
+                let v = Tensor::from_slice(&v0[k], sizes[k], &Device::Cpu).unwrap();
+                (format!("rmsprop.square_avg.p{k}"), v)
+            })
+            .collect();
+        opt.load_state(&state, Path::new("test")).unwrap();
+        let mut loss = vars[0].sqr().unwrap().sum_all().unwrap();
+        for v in &vars[1..] {
+            loss = loss.add(&v.sqr().unwrap().sum_all().unwrap()).unwrap();
+        }
+        let grads = loss.backward().unwrap();
+        let g: Vec<Vec<f32>> = vars
+            .iter()
+            .map(|v| grads.get(v).unwrap().to_vec1().unwrap())
+            .collect();
+        match clip {
+            Some(max_norm) => opt.clip_and_step(&grads, max_norm).unwrap(),
+            None => opt.step(&grads, scale).unwrap(),
+        }
+        let params: Vec<Vec<f32>> = vars.iter().map(|v| v.to_vec1().unwrap()).collect();
+        let state = opt.state();
+        let avgs: Vec<Vec<f32>> = (0..3)
+            .map(|k| {
+                state[&format!("rmsprop.square_avg.p{k}")]
+                    .to_vec1()
+                    .unwrap()
+            })
+            .collect();
+        (g, params, avgs)
+    };
+    // The norm (about 70) is far above 0.5: the step is clipped.
+    for (clip, scale) in [(Some(0.5), 1.0), (None, 0.3)] {
+        let (g, want_p, want_v) = cpu_step(clip, scale);
+        // The kernels take any grid; a small one makes each thread loop (3000 > 2 x 256).
+        let grid_x = 2;
+        let list = |with_state: bool| {
+            let mut args = vec![A::U32(3)];
+            for k in 0..3 {
+                args.push(A::U32(sizes[k]));
+                args.push(A::F(&g[k]));
+                if with_state {
+                    args.extend([A::F(&v0[k]), A::F(&p0[k])]);
+                } else {
+                    args.extend([A::Null, A::Null]);
+                }
+            }
+            args
+        };
+        let n_partials = if clip.is_some() { 3 * grid_x } else { 0 };
+        let partials = if clip.is_some() {
+            let mut args = list(false);
+            let zeros = vec![0f32; n_partials];
+            args.push(A::F(&zeros));
+            launch(bin, "grad_sq_partials", (grid_x, 3), 256, true, &args)
+                .pop()
+                .unwrap()
+        } else {
+            vec![0f32; 1]
+        };
+        let mut args = list(true);
+        args.extend([
+            A::F(&partials),
+            A::U32(n_partials),
+            A::F32(clip.unwrap_or(0.0) as f32),
+            A::F32(scale as f32),
+            A::F32(lr as f32),
+            A::F32(alpha as f32),
+            A::F32(eps as f32),
+        ]);
+        let out = launch(bin, "rmsprop_step", (grid_x, 3), 256, true, &args);
+        for k in 0..3 {
+            // Outputs in order: g, v, p of each parameter, then the partials.
+            let label = format!("clip {clip:?}, scale {scale}: parameter {k}");
+            assert_close(
+                &format!("{label} square average"),
+                &out[3 * k + 1],
+                &want_v[k],
+                1e-6,
+            );
+            assert_close(
+                &format!("{label} values"),
+                &out[3 * k + 2],
+                &want_p[k],
+                1e-6,
+            );
+        }
+    }
 }
 
 #[test]
@@ -399,7 +468,7 @@ fn softmax_cross_entropy_kernels_match_the_cpu_op() {
         let got = launch(
             bin,
             "softmax_xent_fwd",
-            rows,
+            (rows, 1),
             256,
             true,
             &[

@@ -1,7 +1,10 @@
 // aviary's CUDA kernels (built to PTX by build.rs with `--features cuda`): the LSTM cell's
-// pointwise work for the fused op and for the per-step cell op, and dropout's mask. Each is a
-// transcription of a CPU function named beside it, which the CPU tests check. Gate order
-// i, f, g, o; one thread per element.
+// pointwise work for the fused op and for the per-step cell op, dropout's mask, the softmax
+// cross-entropy and the RMSprop update. Each is a transcription of a CPU function named beside
+// it, which the CPU tests check (and tests/kernels_emulated.rs checks the two against each
+// other). Gate order i, f, g, o; one thread per element unless said otherwise.
+
+#include "tensor_list.h"
 
 // The per-step cell op (src/model/lstm_cell.rs, `AVIARY_CUDA_LSTM=cell`): transcriptions of
 // that file's `cell_forward` and `cell_backward`.
@@ -135,36 +138,18 @@ extern "C" __global__ void dropout_mask(
     y[j] = x[j] * (u < rate ? 0.0f : keep_scale);
 }
 
-// RMSprop's update (src/train/optim.rs: `SquareAvgStep`, `ParamStep`), in place; `scale` is
-// the clip factor, computed on the device (so nothing is read back before the update).
-extern "C" __global__ void rmsprop_square_avg(
-    const unsigned int n, const float alpha, const float *scale, const float *g, float *v
-) {
-    const unsigned int j = blockIdx.x * blockDim.x + threadIdx.x;
-    if (j >= n) return;
-    const float gs = scale[0] * g[j];
-    v[j] = alpha * v[j] + (1.0f - alpha) * gs * gs;
-}
-
-extern "C" __global__ void rmsprop_param(
-    const unsigned int n, const float lr, const float eps, const float *scale,
-    const float *v, const float *g, float *p
-) {
-    const unsigned int j = blockIdx.x * blockDim.x + threadIdx.x;
-    if (j >= n) return;
-    p[j] -= lr * (scale[0] * g[j]) / (sqrtf(v[j]) + eps);
-}
-
 // Softmax cross-entropy (src/model/loss.rs): the forward pass, one block of 256 threads per
 // row (max, then sum of exp, then probabilities and the row's loss); the backward pass, one
 // thread per logit, writing (p - onehot) * dL/drow over the probabilities.
-#define XENT_BLOCK 256
+// Threads per block of the kernels launched by blocks (`launch_blocks` in src/model/cuda.rs).
+#define BLOCK 256
 
+// The sum (or maximum) of `v` over the threads of a block.
 __device__ float block_reduce(float v, float *shared, bool take_max) {
     const unsigned int tid = threadIdx.x;
     shared[tid] = v;
     __syncthreads();
-    for (unsigned int s = XENT_BLOCK / 2; s > 0; s >>= 1) {
+    for (unsigned int s = BLOCK / 2; s > 0; s >>= 1) {
         if (tid < s) {
             shared[tid] = take_max ? fmaxf(shared[tid], shared[tid + s]) : shared[tid] + shared[tid + s];
         }
@@ -182,22 +167,22 @@ extern "C" __global__ void softmax_xent_fwd(
     float *probs,                  // [N, V]
     float *row_loss                // [N]
 ) {
-    __shared__ float shared[XENT_BLOCK];
+    __shared__ float shared[BLOCK];
     const size_t row = blockIdx.x;
     const float *x = logits + row * v;
     float *p = probs + row * v;
     float m = -INFINITY;
-    for (unsigned int k = threadIdx.x; k < v; k += XENT_BLOCK) m = fmaxf(m, x[k]);
+    for (unsigned int k = threadIdx.x; k < v; k += BLOCK) m = fmaxf(m, x[k]);
     m = block_reduce(m, shared, true);
     float s = 0.0f;
-    for (unsigned int k = threadIdx.x; k < v; k += XENT_BLOCK) {
+    for (unsigned int k = threadIdx.x; k < v; k += BLOCK) {
         const float e = expf(x[k] - m);
         p[k] = e;
         s += e;
     }
     s = block_reduce(s, shared, false);
     const float inv = 1.0f / s;
-    for (unsigned int k = threadIdx.x; k < v; k += XENT_BLOCK) p[k] *= inv;
+    for (unsigned int k = threadIdx.x; k < v; k += BLOCK) p[k] *= inv;
     if (threadIdx.x == 0) {
         const unsigned int t = targets[row];
         row_loss[row] = t < v ? logf(s) + m - x[t] : INFINITY;
@@ -215,4 +200,53 @@ extern "C" __global__ void softmax_xent_bwd(
     if (j >= n) return;
     const unsigned int r = j / v, k = j % v;
     probs[j] = (probs[j] - (k == targets[r] ? 1.0f : 0.0f)) * grad_rows[r];
+}
+
+// RMSprop with clipping by global norm (src/train/optim.rs: `update_cuda`; on the CPU
+// `SquareAvgStep` then `ParamStep`) over a list of parameters, two launches for all of them
+// where candle would take about forty small ops. Block (x, k) works on parameter k of the
+// list. `grad_sq_partials` writes the sum of squares of block x's share of gradient k to
+// partials[k * gridDim.x + x]. `rmsprop_step` then sums all the partials in every block, in
+// one fixed order (so every block takes the same factor, run after run), takes the clip factor
+// min(1, max_norm / (norm + 1e-6)) (PyTorch's clip_grad_norm_), or `fixed_scale` when there
+// are no partials, and updates the square average and the parameter in one pass.
+
+extern "C" __global__ void grad_sq_partials(const TensorList t, float *partials) {
+    __shared__ float shared[BLOCK];
+    const unsigned int k = blockIdx.y, n = t.n[k];
+    const float *g = t.g[k];
+    float s = 0.0f;
+    for (unsigned int j = blockIdx.x * BLOCK + threadIdx.x; j < n; j += gridDim.x * BLOCK) {
+        s += g[j] * g[j];
+    }
+    s = block_reduce(s, shared, false);
+    if (threadIdx.x == 0) partials[k * gridDim.x + blockIdx.x] = s;
+}
+
+extern "C" __global__ void rmsprop_step(
+    const TensorList t,
+    const float *partials,         // from grad_sq_partials, for every parameter
+    const unsigned int n_partials, // 0: no clipping, the gradients are scaled by fixed_scale
+    const float max_norm,
+    const float fixed_scale,
+    const float lr,
+    const float alpha,
+    const float eps
+) {
+    __shared__ float shared[BLOCK];
+    float s = 0.0f;
+    for (unsigned int j = threadIdx.x; j < n_partials; j += BLOCK) s += partials[j];
+    s = block_reduce(s, shared, false);
+    const float scale = n_partials == 0
+        ? fixed_scale
+        : (float)fmin(1.0, (double)max_norm / (sqrt((double)s) + 1e-6));
+    const unsigned int k = blockIdx.y, n = t.n[k];
+    const float *g = t.g[k];
+    float *v = t.v[k], *p = t.p[k];
+    for (unsigned int j = blockIdx.x * BLOCK + threadIdx.x; j < n; j += gridDim.x * BLOCK) {
+        const float gs = scale * g[j];
+        const float vj = alpha * v[j] + (1.0f - alpha) * gs * gs;
+        v[j] = vj;
+        p[j] -= lr * gs / (sqrtf(vj) + eps);
+    }
 }

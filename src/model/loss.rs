@@ -118,7 +118,7 @@ impl CustomOp2 for SoftmaxCrossEntropy {
         ];
         // SAFETY: the arguments match `softmax_xent_fwd` (one block per row); the buffers
         // hold N x V and N values. Targets outside [0, V) read as probability 0 (loss inf).
-        unsafe { launch_blocks(&dev, "softmax_xent_fwd", n, &args)? };
+        unsafe { launch_blocks(&dev, "softmax_xent_fwd", (n, 1), &args)? };
         *self.probs.lock().expect("loss state poisoned") = Some(Probs::Cuda(probs));
         Ok((
             candle_core::CudaStorage::wrap_cuda_slice(rows, dev),

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, DType, InplaceOp3, Layout, Tensor, Var};
+use candle_core::{CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Tensor, Var};
 use rayon::prelude::*;
 
 use crate::{Error, Result};
@@ -47,76 +47,156 @@ impl RmsProp {
 
     /// Global L2 norm of the gradients of all parameters.
     pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
-        Ok(self.grad_norm_on_device(grads)?.to_scalar::<f64>()?)
-    }
-
-    /// The global norm as a 0-d f64 tensor where the parameters are (no read back).
-    fn grad_norm_on_device(&self, grads: &GradStore) -> Result<Tensor> {
-        let squares = self
-            .params
-            .iter()
-            .filter_map(|(_, v)| grads.get(v))
-            .map(|g| g.sqr()?.sum_all()?.to_dtype(DType::F64))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        if squares.is_empty() {
-            let device = self.params.first().map(|(_, p)| p.device().clone());
-            return Ok(Tensor::new(
-                0f64,
-                &device.unwrap_or(candle_core::Device::Cpu),
-            )?);
+        let mut sum = 0f64;
+        for g in self.params.iter().filter_map(|(_, p)| grads.get(p)) {
+            sum += g
+                .sqr()?
+                .sum_all()?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?;
         }
-        Ok(Tensor::stack(&squares, 0)?.sum_all()?.sqrt()?)
+        Ok(sum.sqrt())
     }
 
-    /// One update with every gradient multiplied by `scale` (for clipping): per parameter one
-    /// pass over its square average and one over its values, in place.
+    /// One update with every gradient multiplied by `scale`.
     pub fn step(&mut self, grads: &GradStore, scale: f64) -> Result<()> {
-        let Some((_, p)) = self.params.first() else {
-            return Ok(());
-        };
-        let scale = Tensor::new(scale as f32, p.device())?;
-        self.update(grads, &scale)
+        self.update(grads, Scale::By(scale))
     }
 
-    /// Clips the gradients to global norm `max_norm` ([`clip_scale`]) and updates, without
-    /// reading anything back from the device: the factor is computed and used where the
-    /// gradients are.
+    /// Clips the gradients to global norm `max_norm` ([`clip_scale`]; `<= 0`: no clipping)
+    /// and updates. On the GPU nothing is read back: the norm and the factor are computed
+    /// where the gradients are, by the kernels that update.
     pub fn clip_and_step(&mut self, grads: &GradStore, max_norm: f64) -> Result<()> {
-        let Some((_, p)) = self.params.first() else {
-            return Ok(());
-        };
-        let scale = if max_norm <= 0.0 {
-            Tensor::new(1f32, p.device())?
-        } else {
-            // min(1, max_norm / (norm + 1e-6)), as clip_scale.
-            self.grad_norm_on_device(grads)?
-                .affine(1.0, 1e-6)?
-                .recip()?
-                .affine(max_norm, 0.0)?
-                .minimum(1.0)?
-                .to_dtype(DType::F32)?
-        };
-        self.update(grads, &scale)
+        self.update(grads, Scale::ClipTo(max_norm))
     }
 
-    /// The update with the gradients multiplied by `scale`, a 0-d f32 tensor on their device.
-    fn update(&mut self, grads: &GradStore, scale: &Tensor) -> Result<()> {
+    fn update(&mut self, grads: &GradStore, scale: Scale) -> Result<()> {
+        let Some((_, first)) = self.params.first() else {
+            return Ok(());
+        };
+        #[cfg(feature = "cuda")]
+        if let candle_core::Device::Cuda(dev) = first.device() {
+            return self.update_cuda(&dev.clone(), grads, scale);
+        }
+        let _ = first;
+        let factor = match scale {
+            Scale::By(s) => s,
+            Scale::ClipTo(max_norm) => clip_scale(self.grad_norm(grads)?, max_norm),
+        } as f32;
+        let (alpha, lr, eps) = (self.alpha as f32, self.lr as f32, self.eps as f32);
         for ((_, p), v) in self.params.iter().zip(&self.square_avg) {
             let Some(g) = grads.get(p) else { continue };
             let g = g.contiguous()?;
-            let alpha = self.alpha as f32;
-            v.inplace_op3(&g, scale, &SquareAvgStep { alpha })?;
-            let (lr, eps) = (self.lr as f32, self.eps as f32);
+            v.inplace_op2(
+                &g,
+                &SquareAvgStep {
+                    alpha,
+                    scale: factor,
+                },
+            )?;
             p.as_tensor().inplace_op3(
                 v,
                 &g,
                 &ParamStep {
                     lr,
                     eps,
-                    scale: scale.clone(),
+                    scale: factor,
                 },
             )?;
         }
+        Ok(())
+    }
+
+    /// The update on the GPU: `grad_sq_partials` (when clipping) then `rmsprop_step` of
+    /// `kernels.cu` over lists of `TENSOR_LIST` (8) parameters, two launches for the reference
+    /// model instead of about forty candle ops and no read back.
+    #[cfg(feature = "cuda")]
+    fn update_cuda(
+        &self,
+        dev: &candle_core::cuda_backend::CudaDevice,
+        grads: &GradStore,
+        scale: Scale,
+    ) -> Result<()> {
+        use crate::model::cuda::{
+            base, launch_blocks, tensor_address, Arg, TensorList, TENSOR_LIST,
+        };
+        const OP: &str = "rmsprop";
+        // Blocks per parameter for the sums of squares, and at most for the update (each
+        // thread loops over its share).
+        const NORM_BLOCKS: usize = 32;
+        const STEP_BLOCKS: usize = 256;
+        let mut lists: Vec<TensorList> = Vec::new();
+        // The contiguous gradients stay alive until the launches are queued.
+        let mut held = Vec::new();
+        let mut count = 0;
+        for ((name, p), v) in self.params.iter().zip(&self.square_avg) {
+            let Some(g) = grads.get(p) else { continue };
+            let g = g.contiguous()?;
+            let k = count % TENSOR_LIST;
+            if k == 0 {
+                lists.push(TensorList::default());
+            }
+            let list = lists.last_mut().expect("pushed above");
+            list.n[k] = u32::try_from(p.elem_count()).map_err(|_| {
+                candle_core::Error::Msg(format!("{OP}: {name} has over 2^32 elements"))
+            })?;
+            list.grad[k] = tensor_address(&g, OP, "a gradient")?;
+            list.square_avg[k] = tensor_address(v, OP, "a square average")?;
+            list.param[k] = tensor_address(p.as_tensor(), OP, "a parameter")?;
+            held.push(g);
+            count += 1;
+        }
+        let (max_norm, fixed_scale) = match scale {
+            Scale::By(s) => (0.0, s as f32),
+            Scale::ClipTo(m) if m > 0.0 => (m as f32, 1.0),
+            Scale::ClipTo(_) => (0.0, 1.0),
+        };
+        let n_partials = if max_norm > 0.0 {
+            count * NORM_BLOCKS
+        } else {
+            0
+        };
+        // SAFETY: every partial is written by grad_sq_partials before rmsprop_step reads it.
+        let partials = unsafe { dev.alloc::<f32>(n_partials.max(1))? };
+        let partials = base(&partials, dev);
+        let used = |list: &TensorList| list.n.iter().take_while(|&&n| n > 0).count();
+        if n_partials > 0 {
+            for (c, list) in lists.iter().enumerate() {
+                let at = partials + (c * TENSOR_LIST * NORM_BLOCKS * 4) as u64;
+                // SAFETY: the arguments match `grad_sq_partials`; the list holds the live
+                // gradients' addresses and sizes, and list c's blocks write partials
+                // [c * TENSOR_LIST * NORM_BLOCKS, + used * NORM_BLOCKS) of n_partials.
+                unsafe {
+                    launch_blocks(
+                        dev,
+                        "grad_sq_partials",
+                        (NORM_BLOCKS, used(list)),
+                        &[Arg::List(Box::new(*list)), Arg::U64(at)],
+                    )?
+                };
+            }
+        }
+        for list in &lists {
+            let most = list.n.iter().max().copied().unwrap_or(0) as usize;
+            let blocks = most.div_ceil(256).clamp(1, STEP_BLOCKS);
+            let args = [
+                Arg::List(Box::new(*list)),
+                Arg::U64(partials),
+                Arg::U32(n_partials as u32),
+                Arg::F32(max_norm),
+                Arg::F32(fixed_scale),
+                Arg::F32(self.lr as f32),
+                Arg::F32(self.alpha as f32),
+                Arg::F32(self.eps as f32),
+            ];
+            // SAFETY: the arguments match `rmsprop_step`; each parameter's gradient, square
+            // average and values hold n floats (same shapes: checked by candle's backprop
+            // and by `load_state`), and nothing else uses them while the kernel runs: it is
+            // queued on candle's one stream. The writes go through addresses of storages
+            // held only for reading, which candle never reads from the host side meanwhile.
+            unsafe { launch_blocks(dev, "rmsprop_step", (blocks, used(list)), &args)? };
+        }
+        drop(held);
         Ok(())
     }
 
@@ -163,19 +243,27 @@ impl RmsProp {
     }
 }
 
-/// `v = alpha v + (1 - alpha) (scale g)^2`, in place on the square average v, over (g, scale):
-/// `scale` is a 0-d f32 tensor. As `rmsprop_square_avg` in `src/model/kernels.cu`.
-struct SquareAvgStep {
-    alpha: f32,
+/// How an update scales the gradients.
+#[derive(Clone, Copy)]
+enum Scale {
+    /// By this factor.
+    By(f64),
+    /// Down to this global norm ([`clip_scale`]).
+    ClipTo(f64),
 }
 
-/// `p -= lr (scale g) / (sqrt(v) + eps)`, in place on the parameter p, over (v, g); `scale` as
-/// above (held here: an in-place op takes two operands besides the one it writes). As
-/// `rmsprop_param`.
+/// `v = alpha v + (1 - alpha) (scale g)^2`, in place on the square average v, over g. On the
+/// GPU, `rmsprop_step` in `src/model/kernels.cu` does this and [`ParamStep`] in one pass.
+struct SquareAvgStep {
+    alpha: f32,
+    scale: f32,
+}
+
+/// `p -= lr (scale g) / (sqrt(v) + eps)`, in place on the parameter p, over (v, g).
 struct ParamStep {
     lr: f32,
     eps: f32,
-    scale: Tensor,
+    scale: f32,
 }
 
 /// The contiguous f32 data of an optimizer operand, or an error naming it.
@@ -198,7 +286,7 @@ fn operand_mut<'a>(
 /// Elements per task of the CPU loops.
 const CHUNK: usize = 1 << 14;
 
-impl InplaceOp3 for SquareAvgStep {
+impl InplaceOp2 for SquareAvgStep {
     fn name(&self) -> &'static str {
         "rmsprop-square-avg"
     }
@@ -209,11 +297,9 @@ impl InplaceOp3 for SquareAvgStep {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
     ) -> candle_core::Result<()> {
         let (v, g) = (operand_mut(s1, l1, "square_avg")?, operand(s2, l2, "grad")?);
-        let (alpha, scale) = (self.alpha, operand(s3, l3, "scale")?[0]);
+        let (alpha, scale) = (self.alpha, self.scale);
         v.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK))
             .for_each(|(v, g)| {
@@ -223,31 +309,6 @@ impl InplaceOp3 for SquareAvgStep {
                 }
             });
         Ok(())
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &mut candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-        s3: &candle_core::CudaStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<()> {
-        use crate::model::cuda::{address, launch, Arg};
-        use candle_core::backend::BackendStorage;
-        let n = l1.shape().elem_count();
-        let args = [
-            Arg::U32(n as u32),
-            Arg::F32(self.alpha),
-            Arg::U64(address::<f32>(s3, l3, self.name(), "scale")?),
-            Arg::U64(address::<f32>(s2, l2, self.name(), "grad")?),
-            Arg::U64(address::<f32>(s1, l1, self.name(), "square_avg")?),
-        ];
-        // SAFETY: the arguments match `rmsprop_square_avg` in kernels.cu; grad and square_avg
-        // hold n floats, scale one.
-        unsafe { launch(s1.device(), "rmsprop_square_avg", n, &args) }
     }
 }
 
@@ -265,16 +326,9 @@ impl InplaceOp3 for ParamStep {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<()> {
-        let scale = {
-            let (st, l) = self.scale.storage_and_layout();
-            let candle_core::Storage::Cpu(st) = &*st else {
-                candle_core::bail!("rmsprop: the clip factor is not on the CPU");
-            };
-            operand(st, l, "scale")?[0]
-        };
         let p = operand_mut(s1, l1, "parameter")?;
         let (v, g) = (operand(s2, l2, "square_avg")?, operand(s3, l3, "grad")?);
-        let (lr, eps) = (self.lr, self.eps);
+        let (lr, eps, scale) = (self.lr, self.eps, self.scale);
         p.par_chunks_mut(CHUNK)
             .zip(v.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
             .for_each(|(p, (v, g))| {
@@ -283,37 +337,6 @@ impl InplaceOp3 for ParamStep {
                 }
             });
         Ok(())
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &mut candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-        s3: &candle_core::CudaStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<()> {
-        use crate::model::cuda::{address, launch, Arg};
-        use candle_core::backend::BackendStorage;
-        let (st, l) = self.scale.storage_and_layout();
-        let candle_core::Storage::Cuda(st) = &*st else {
-            candle_core::bail!("rmsprop: the clip factor is not on the GPU");
-        };
-        let n = l1.shape().elem_count();
-        let args = [
-            Arg::U32(n as u32),
-            Arg::F32(self.lr),
-            Arg::F32(self.eps),
-            Arg::U64(address::<f32>(st, l, self.name(), "scale")?),
-            Arg::U64(address::<f32>(s2, l2, self.name(), "square_avg")?),
-            Arg::U64(address::<f32>(s3, l3, self.name(), "grad")?),
-            Arg::U64(address::<f32>(s1, l1, self.name(), "parameter")?),
-        ];
-        // SAFETY: the arguments match `rmsprop_param` in kernels.cu; square_avg, grad and the
-        // parameter hold n floats, scale one (alive: held by this op).
-        unsafe { launch(s1.device(), "rmsprop_param", n, &args) }
     }
 }
 

@@ -1,9 +1,11 @@
 // Runs one kernel of src/model/kernels.cu, compiled for the CPU with shim.h, the way a CUDA
-// launch would: `emu KERNEL GRID BLOCK seq|coop ARG...`. ARG is u32:N, u64:N, f32:X, null (a
-// null pointer) or buf:PATH (the file's bytes as a device buffer; written back to PATH.out
-// after the run). `seq` runs the threads one after another (kernels without __syncthreads);
+// launch would: `emu KERNEL GRID BLOCK seq|coop ARG...`. GRID is X or XxY. ARG is u32:N,
+// u64:N, f32:X, null (a null pointer) or buf:PATH (the file's bytes as a device buffer; written
+// back to PATH.out after the run). A kernel that takes a TensorList takes, in its place, the
+// count K and then K groups of (u32 n, g, v, p). `seq` runs the threads one after another (kernels without __syncthreads);
 // `coop` runs a block's threads at once with a barrier for __syncthreads.
 #include "shim.h"
+#include "tensor_list.h"
 
 #include <barrier>
 #include <cstdint>
@@ -18,7 +20,7 @@
 #include <thread>
 #include <vector>
 
-thread_local EmuDim threadIdx, blockIdx, blockDim;
+thread_local EmuDim threadIdx, blockIdx, blockDim, gridDim;
 static std::barrier<>* block_barrier = nullptr;
 
 void __syncthreads() {
@@ -36,10 +38,10 @@ void lstm_seq_cell_fwd(unsigned, unsigned, float*, const float*, float*, float*,
 void lstm_seq_cell_bwd(unsigned, unsigned, const float*, const float*, const float*, const float*,
                        float*, float*);
 void dropout_mask(unsigned, unsigned long long, float, float, const float*, float*);
-void rmsprop_square_avg(unsigned, float, const float*, const float*, float*);
-void rmsprop_param(unsigned, float, float, const float*, const float*, const float*, float*);
 void softmax_xent_fwd(unsigned, const float*, const unsigned*, float*, float*);
 void softmax_xent_bwd(unsigned, unsigned, const unsigned*, const float*, float*);
+void grad_sq_partials(TensorList, float*);
+void rmsprop_step(TensorList, const float*, unsigned, float, float, float, float, float);
 }
 
 struct Arg {
@@ -53,16 +55,39 @@ struct Arg {
 
 using Call = std::function<void(const std::vector<Arg>&)>;
 
+// The TensorList at a[0] (count, then count groups of n, g, v, p); `rest` is set to the index
+// of the argument after it.
+static TensorList tensor_list(const std::vector<Arg>& a, size_t& rest) {
+    TensorList t{};
+    const unsigned count = a[0].u32();
+    for (unsigned k = 0; k < count && k < TENSOR_LIST; k++) {
+        t.n[k] = a[1 + 4 * k].u32();
+        t.g[k] = a[2 + 4 * k].fp();
+        t.v[k] = a[3 + 4 * k].fp();
+        t.p[k] = a[4 + 4 * k].fp();
+    }
+    rest = 1 + 4 * count;
+    return t;
+}
+
 static const std::map<std::string, Call> kernels = {
     {"lstm_cell_fwd", [](auto& a) { lstm_cell_fwd(a[0].u32(), a[1].u32(), a[2].fp(), a[3].fp(), a[4].fp(), a[5].fp()); }},
     {"lstm_cell_bwd", [](auto& a) { lstm_cell_bwd(a[0].u32(), a[1].u32(), a[2].fp(), a[3].fp(), a[4].fp(), a[5].fp()); }},
     {"lstm_seq_cell_fwd", [](auto& a) { lstm_seq_cell_fwd(a[0].u32(), a[1].u32(), a[2].fp(), a[3].fp(), a[4].fp(), a[5].fp(), a[6].fp()); }},
     {"lstm_seq_cell_bwd", [](auto& a) { lstm_seq_cell_bwd(a[0].u32(), a[1].u32(), a[2].fp(), a[3].fp(), a[4].fp(), a[5].fp(), a[6].fp(), a[7].fp()); }},
     {"dropout_mask", [](auto& a) { dropout_mask(a[0].u32(), a[1].u, a[2].f, a[3].f, a[4].fp(), a[5].fp()); }},
-    {"rmsprop_square_avg", [](auto& a) { rmsprop_square_avg(a[0].u32(), a[1].f, a[2].fp(), a[3].fp(), a[4].fp()); }},
-    {"rmsprop_param", [](auto& a) { rmsprop_param(a[0].u32(), a[1].f, a[2].f, a[3].fp(), a[4].fp(), a[5].fp(), a[6].fp()); }},
     {"softmax_xent_fwd", [](auto& a) { softmax_xent_fwd(a[0].u32(), a[1].fp(), a[2].up(), a[3].fp(), a[4].fp()); }},
     {"softmax_xent_bwd", [](auto& a) { softmax_xent_bwd(a[0].u32(), a[1].u32(), a[2].up(), a[3].fp(), a[4].fp()); }},
+    {"grad_sq_partials", [](auto& a) {
+        size_t r;
+        const TensorList t = tensor_list(a, r);
+        grad_sq_partials(t, a[r].fp());
+    }},
+    {"rmsprop_step", [](auto& a) {
+        size_t r;
+        const TensorList t = tensor_list(a, r);
+        rmsprop_step(t, a[r].fp(), a[r + 1].u32(), a[r + 2].f, a[r + 3].f, a[r + 4].f, a[r + 5].f, a[r + 6].f);
+    }},
 };
 
 int main(int argc, char** argv) {
@@ -75,7 +100,9 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "unknown kernel %s\n", argv[1]);
         return 2;
     }
-    const unsigned grid = std::strtoul(argv[2], nullptr, 10);
+    char* grid_end = nullptr;
+    const unsigned grid_x = std::strtoul(argv[2], &grid_end, 10);
+    const unsigned grid_y = *grid_end == 'x' ? std::strtoul(grid_end + 1, nullptr, 10) : 1;
     const unsigned block = std::strtoul(argv[3], nullptr, 10);
     const bool coop = std::string(argv[4]) == "coop";
     std::vector<Arg> args;
@@ -103,12 +130,15 @@ int main(int argc, char** argv) {
         args.push_back(a);
     }
     const Call& call = found->second;
-    for (unsigned b = 0; b < grid; b++) {
+    const EmuDim grid = {grid_x, grid_y, 1};
+    for (unsigned b = 0; b < grid_x * grid_y; b++) {
+        const EmuDim at = {b % grid_x, b / grid_x, 0};
         if (!coop) {
             for (unsigned t = 0; t < block; t++) {
                 threadIdx = {t, 0, 0};
-                blockIdx = {b, 0, 0};
+                blockIdx = at;
                 blockDim = {block, 1, 1};
+                gridDim = grid;
                 call(args);
             }
             continue;
@@ -117,10 +147,11 @@ int main(int argc, char** argv) {
         block_barrier = &barrier;
         std::vector<std::thread> threads;
         for (unsigned t = 0; t < block; t++) {
-            threads.emplace_back([&, t, b] {
+            threads.emplace_back([&, t] {
                 threadIdx = {t, 0, 0};
-                blockIdx = {b, 0, 0};
+                blockIdx = at;
                 blockDim = {block, 1, 1};
+                gridDim = grid;
                 call(args);
             });
         }

@@ -9,7 +9,7 @@
 struct EmuDim {
     unsigned int x, y, z;
 };
-extern thread_local EmuDim threadIdx, blockIdx, blockDim;
+extern thread_local EmuDim threadIdx, blockIdx, blockDim, gridDim;
 void __syncthreads();
 
 #define __global__
