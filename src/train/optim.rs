@@ -71,14 +71,10 @@ impl RmsProp {
     }
 
     fn update(&mut self, grads: &GradStore, scale: Scale) -> Result<()> {
-        let Some((_, first)) = self.params.first() else {
-            return Ok(());
-        };
         #[cfg(feature = "cuda")]
-        if let candle_core::Device::Cuda(dev) = first.device() {
+        if let Some(candle_core::Device::Cuda(dev)) = self.params.first().map(|(_, p)| p.device()) {
             return self.update_cuda(&dev.clone(), grads, scale);
         }
-        let _ = first;
         let factor = match scale {
             Scale::By(s) => s,
             Scale::ClipTo(max_norm) => clip_scale(self.grad_norm(grads)?, max_norm),
@@ -125,7 +121,8 @@ impl RmsProp {
         // thread loops over its share).
         const NORM_BLOCKS: usize = 32;
         const STEP_BLOCKS: usize = 256;
-        let mut lists: Vec<TensorList> = Vec::new();
+        // Each list with the number of parameters in it.
+        let mut lists: Vec<(TensorList, usize)> = Vec::new();
         // The contiguous gradients stay alive until the launches are queued.
         let mut held = Vec::new();
         let mut count = 0;
@@ -134,9 +131,10 @@ impl RmsProp {
             let g = g.contiguous()?;
             let k = count % TENSOR_LIST;
             if k == 0 {
-                lists.push(TensorList::default());
+                lists.push((TensorList::default(), 0));
             }
-            let list = lists.last_mut().expect("pushed above");
+            let (list, used) = lists.last_mut().expect("pushed above");
+            *used += 1;
             list.n[k] = u32::try_from(p.elem_count()).map_err(|_| {
                 candle_core::Error::Msg(format!("{OP}: {name} has over 2^32 elements"))
             })?;
@@ -159,9 +157,8 @@ impl RmsProp {
         // SAFETY: every partial is written by grad_sq_partials before rmsprop_step reads it.
         let partials = unsafe { dev.alloc::<f32>(n_partials.max(1))? };
         let partials = base(&partials, dev);
-        let used = |list: &TensorList| list.n.iter().take_while(|&&n| n > 0).count();
         if n_partials > 0 {
-            for (c, list) in lists.iter().enumerate() {
+            for (c, (list, used)) in lists.iter().enumerate() {
                 let at = partials + (c * TENSOR_LIST * NORM_BLOCKS * 4) as u64;
                 // SAFETY: the arguments match `grad_sq_partials`; the list holds the live
                 // gradients' addresses and sizes, and list c's blocks write partials
@@ -170,13 +167,13 @@ impl RmsProp {
                     launch_blocks(
                         dev,
                         "grad_sq_partials",
-                        (NORM_BLOCKS, used(list)),
+                        (NORM_BLOCKS, *used),
                         &[Arg::List(Box::new(*list)), Arg::U64(at)],
                     )?
                 };
             }
         }
-        for list in &lists {
+        for (list, used) in &lists {
             let most = list.n.iter().max().copied().unwrap_or(0) as usize;
             let blocks = most.div_ceil(256).clamp(1, STEP_BLOCKS);
             let args = [
@@ -191,10 +188,10 @@ impl RmsProp {
             ];
             // SAFETY: the arguments match `rmsprop_step`; each parameter's gradient, square
             // average and values hold n floats (same shapes: checked by candle's backprop
-            // and by `load_state`), and nothing else uses them while the kernel runs: it is
-            // queued on candle's one stream. The writes go through addresses of storages
-            // held only for reading, which candle never reads from the host side meanwhile.
-            unsafe { launch_blocks(dev, "rmsprop_step", (blocks, used(list)), &args)? };
+            // and by `load_state`). The kernel writes two operands in place, which candle's
+            // in-place ops cannot (they write one), so it writes by address; it is queued on
+            // candle's one stream, in order with every other use of those buffers.
+            unsafe { launch_blocks(dev, "rmsprop_step", (blocks, *used), &args)? };
         }
         drop(held);
         Ok(())
