@@ -59,8 +59,9 @@ pub(crate) unsafe fn launch(
     unsafe { launch_with(dev, name, LaunchConfig::for_num_elems(threads as u32), args) }
 }
 
-/// Threads per block of [`launch_blocks`]: `softmax_xent_fwd`'s shared arrays hold this many.
-const BLOCK: u32 = 256;
+/// Threads per block of [`launch_blocks`] (`BLOCK` in kernels.cu: the block reductions' shared
+/// arrays hold this many).
+pub(crate) const BLOCK: u32 = 256;
 
 /// Launches `name` over a grid of `blocks` (x, y) blocks of [`BLOCK`] threads (`BLOCK` in
 /// `kernels.cu`).

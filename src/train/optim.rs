@@ -114,7 +114,7 @@ impl RmsProp {
         scale: Scale,
     ) -> Result<()> {
         use crate::model::cuda::{
-            base, launch_blocks, tensor_address, Arg, TensorList, TENSOR_LIST,
+            base, launch_blocks, tensor_address, Arg, TensorList, BLOCK, TENSOR_LIST,
         };
         const OP: &str = "rmsprop";
         // Blocks per parameter for the sums of squares, and at most for the update (each
@@ -175,7 +175,7 @@ impl RmsProp {
         }
         for (list, used) in &lists {
             let most = list.n.iter().max().copied().unwrap_or(0) as usize;
-            let blocks = most.div_ceil(256).clamp(1, STEP_BLOCKS);
+            let blocks = most.div_ceil(BLOCK as usize).clamp(1, STEP_BLOCKS);
             let args = [
                 Arg::List(Box::new(*list)),
                 Arg::U64(partials),
