@@ -90,6 +90,13 @@ pub struct FinetuneConfig {
     pub patience: u32,
     /// Early stopping: the smallest drop in validation loss that counts.
     pub min_delta: f64,
+    /// Share of the way each validation moves the smoothed curve early stopping reads.
+    pub smoothing: f64,
+    /// The learning rate is multiplied by this after every `lr_patience` validations without
+    /// an improvement.
+    pub lr_decay: f64,
+    /// Validations without an improvement before each learning-rate decay.
+    pub lr_patience: u32,
     /// Dropout during fine-tuning.
     pub drop_rate: f32,
 }
@@ -101,8 +108,11 @@ impl Default for FinetuneConfig {
             batch_size: 128,
             num_epochs: 20,
             val_every: 0,
-            patience: 2,
-            min_delta: 0.005,
+            patience: 3,
+            min_delta: 0.001,
+            smoothing: 0.5,
+            lr_decay: 0.5,
+            lr_patience: 1,
             drop_rate: 0.1,
         }
     }
@@ -118,6 +128,9 @@ impl FinetuneConfig {
         t.val_every = self.val_every;
         t.patience = self.patience;
         t.min_delta = self.min_delta;
+        t.smoothing = self.smoothing;
+        t.lr_decay = self.lr_decay;
+        t.lr_patience = self.lr_patience;
         config.model.drop_rate = self.drop_rate;
     }
 }

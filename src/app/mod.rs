@@ -20,7 +20,7 @@ use candle_core::Device;
 /// The store's handle and rows, as the faces see them through the use cases here.
 pub use crate::store::{CandidateRow, QueueRow, QueueStatus, Store};
 /// What the faces see of a training run.
-pub use crate::train::{StopReason, TrainEvent};
+pub use crate::train::{SplitRule, StopReason, TrainEvent};
 pub use bots::{BotDetails, BotTweets, ImportRequest};
 pub use config::Config;
 pub use home::Home;

@@ -11,9 +11,9 @@ use candle_core::Device;
 use super::bots::BotTweets;
 use super::{pick_device, set, Config, Home};
 use crate::corpus::PlainTextFiles;
-use crate::model::Checkpoint;
+use crate::model::{Checkpoint, StepWeights};
 use crate::store::RunEnd;
-use crate::train::{StopReason, TrainConfig, TrainEvent, Trainer, TweetSource};
+use crate::train::{SplitRule, StopReason, TrainConfig, TrainEvent, Trainer, TweetSource};
 use crate::{Error, Result};
 
 /// Settings given on the command line (or by the TUI) that override the config file. On
@@ -395,10 +395,16 @@ pub struct EvalRow {
     pub model: String,
     /// Where it is.
     pub checkpoint: String,
-    /// Mean loss on the bot's held-out tweets, nats/char.
+    /// Mean loss on the held-out tweets in windows of `[train] seq_len` characters, each
+    /// read from a zero state (the figure training has always reported), nats/char.
     pub val_loss: f64,
-    /// Characters evaluated on.
+    /// Characters evaluated on in windows.
     pub chars: u64,
+    /// Characters per window.
+    pub window: usize,
+    /// Mean loss on the held-out tweets, each read from its start as generation runs
+    /// (characters and the end of each tweet), nats/char.
+    pub per_tweet: f64,
     /// Its vocabulary size.
     pub vocab: usize,
     /// Seconds it trained on the bot's tweets (0 for the base model).
@@ -448,25 +454,17 @@ pub fn eval(
     let val_fraction = record
         .as_ref()
         .map_or(config.train.val_fraction, |r| r.config.val_fraction);
-    let seq_len = config.train.seq_len;
+    let split = record
+        .as_ref()
+        .map_or(SplitRule::default(), |r| r.rules.split);
     let row = |label: &str, place: String, ck: &Checkpoint, seconds: f64| -> Result<EvalRow> {
-        let model = ck.model(&device)?;
-        let (val_loss, chars) = crate::train::evaluate(
-            &model,
-            &ck.card.vocab,
-            &source,
+        let held_out = HeldOut {
+            source: &source,
             val_fraction,
-            seq_len,
-            &device,
-        )?;
-        Ok(EvalRow {
-            model: label.to_string(),
-            checkpoint: place,
-            val_loss,
-            chars,
-            vocab: ck.card.vocab.len(),
-            train_seconds: seconds,
-        })
+            split,
+            seq_len: EVAL_WINDOW,
+        };
+        held_out.row(label, place, ck, seconds, &device)
     };
     let seconds = record.as_ref().map_or(0.0, |r| r.progress.train_seconds);
     let mut rows = vec![row(name, active.clone(), &mine, seconds)?];
@@ -503,11 +501,13 @@ pub fn eval(
 }
 
 /// Evaluates the built-in base model and each checkpoint in `checkpoints` on the held-out
-/// split of `files` (one tweet per line; the split of `[train] val_fraction`).
+/// split of `files` (one tweet per line; the split of `[train] val_fraction`, by `split`,
+/// default folded).
 pub fn eval_corpus(
     config: &Config,
     files: &[PathBuf],
     checkpoints: &[PathBuf],
+    split: Option<SplitRule>,
     device: Option<&str>,
 ) -> Result<Vec<EvalRow>> {
     let device = pick_device(device)?;
@@ -519,25 +519,73 @@ pub fn eval_corpus(
             .map_or("checkpoint".into(), |n| n.to_string_lossy().into_owned());
         models.push((name, Checkpoint::load(dir, &device)?));
     }
+    let held_out = HeldOut {
+        source: &source,
+        val_fraction: config.train.val_fraction,
+        split: split.unwrap_or_default(),
+        seq_len: EVAL_WINDOW,
+    };
     models
         .into_iter()
         .map(|(name, ck)| {
-            let (val_loss, chars) = crate::train::evaluate(
-                &ck.model(&device)?,
-                &ck.card.vocab,
-                &source,
-                config.train.val_fraction,
-                config.train.seq_len,
-                &device,
-            )?;
-            Ok(EvalRow {
-                model: name,
-                checkpoint: ck.dir.display().to_string(),
-                val_loss,
-                chars,
-                vocab: ck.card.vocab.len(),
-                train_seconds: training_record(&ck)?.map_or(0.0, |r| r.progress.train_seconds),
-            })
+            let seconds = training_record(&ck)?.map_or(0.0, |r| r.progress.train_seconds);
+            let place = ck.dir.display().to_string();
+            held_out.row(&name, place, &ck, seconds, &device)
         })
         .collect()
+}
+
+/// Characters per window of `aviary eval`'s per-window figure: the reference recipe's
+/// sequence length, which every published figure used (fixed, so figures stay comparable
+/// whatever a run trained with).
+pub const EVAL_WINDOW: usize = 32;
+
+/// The held-out tweets of a corpus, as `aviary eval` reads them.
+struct HeldOut<'a> {
+    source: &'a dyn TweetSource,
+    val_fraction: f64,
+    split: SplitRule,
+    seq_len: usize,
+}
+
+impl HeldOut<'_> {
+    /// `ck`'s line: both figures on these tweets.
+    fn row(
+        &self,
+        label: &str,
+        place: String,
+        ck: &Checkpoint,
+        seconds: f64,
+        device: &Device,
+    ) -> Result<EvalRow> {
+        let model = ck.model(device)?;
+        let vocab = &ck.card.vocab;
+        let (val_loss, chars) = crate::train::evaluate(
+            &model,
+            vocab,
+            self.source,
+            self.val_fraction,
+            self.split,
+            self.seq_len,
+            device,
+        )?;
+        let weights = StepWeights::from_model(&model)?;
+        let (per_tweet, _) = crate::train::evaluate_tweets(
+            &weights,
+            vocab,
+            self.source,
+            self.val_fraction,
+            self.split,
+        )?;
+        Ok(EvalRow {
+            model: label.to_string(),
+            checkpoint: place,
+            val_loss,
+            chars,
+            window: self.seq_len,
+            per_tweet,
+            vocab: vocab.len(),
+            train_seconds: seconds,
+        })
+    }
 }

@@ -16,6 +16,7 @@ pub mod lstm_cell;
 #[cfg(feature = "cuda")]
 pub mod lstm_cuda;
 pub mod lstm_plan;
+pub mod score;
 pub mod step;
 pub mod vocab;
 
@@ -30,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 pub use checkpoint::{Card, Checkpoint};
 pub use dropout::Dropout;
+pub use score::{score_tweets, TweetScore};
 pub use step::{StepState, StepWeights};
 pub use vocab::{Vocab, EOT, UNK};
 

@@ -17,11 +17,14 @@ use std::time::Instant;
 use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-pub use batches::{split_of, Batch, BatchStream, CorpusStats, Split, StreamSpec, TweetSource};
+pub use batches::{
+    fold_for_split, split_of, Batch, BatchStream, CorpusRules, CorpusStats, CutSpec, Split,
+    SplitRule, StreamSpec, TweetSource, Windows,
+};
 use optim::RmsProp;
 
 use crate::model::checkpoint::{self, load_tensors, save_tensors, Card, Checkpoint};
-use crate::model::{CharLstm, Dropout, ModelConfig, Vocab};
+use crate::model::{score_tweets, CharLstm, Dropout, ModelConfig, StepWeights, Vocab};
 use crate::{Error, Result};
 
 /// File name of the resume state (latest weights and optimizer state) in a checkpoint dir.
@@ -59,6 +62,14 @@ pub struct TrainConfig {
     pub patience: u32,
     /// Early stopping: the smallest drop in validation loss that counts as an improvement.
     pub min_delta: f64,
+    /// Early stopping and learning-rate decay read a smoothed curve: each validation's loss
+    /// moves the smoothed one this share of the way (1: the raw losses).
+    pub smoothing: f64,
+    /// The learning rate is multiplied by this after every `lr_patience` validations in a
+    /// row without an improvement (1: never).
+    pub lr_decay: f64,
+    /// Validations without an improvement before each learning-rate decay.
+    pub lr_patience: u32,
     /// Characters seen fewer times than this map to the unknown symbol.
     pub min_char_count: u64,
     /// Windows held in the shuffle buffer (bounds memory; 1: no shuffling).
@@ -84,6 +95,9 @@ impl Default for TrainConfig {
             val_batches: 16,
             patience: 3,
             min_delta: 0.01,
+            smoothing: 1.0,
+            lr_decay: 1.0,
+            lr_patience: 1,
             min_char_count: 3,
             shuffle_windows: 8192,
             seed: 42,
@@ -108,7 +122,7 @@ pub enum StopReason {
 }
 
 /// Where a run stands. Saved with the resume state; a resumed run continues from here.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Progress {
     /// Optimizer steps taken.
@@ -125,10 +139,80 @@ pub struct Progress {
     pub last_val_loss: Option<f64>,
     /// Validations in a row without an improvement of `min_delta`.
     pub evals_without_improvement: u32,
+    /// The smoothed validation loss, and its best so far (what early stopping reads).
+    #[serde(default)]
+    pub smoothed_val_loss: Option<f64>,
+    /// The best smoothed validation loss.
+    #[serde(default)]
+    pub best_smoothed_val_loss: Option<f64>,
+    /// The learning rate now, as a share of the configured one (decayed on plateaus).
+    #[serde(default = "one")]
+    pub lr_scale: f64,
     /// Why the last run stopped, if it did.
     pub stopped: Option<StopReason>,
     /// Wall-clock seconds spent training, over all runs.
     pub train_seconds: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            step: 0,
+            epoch: 0,
+            batch_in_epoch: 0,
+            best_val_loss: None,
+            best_step: 0,
+            last_val_loss: None,
+            evals_without_improvement: 0,
+            smoothed_val_loss: None,
+            best_smoothed_val_loss: None,
+            lr_scale: 1.0,
+            stopped: None,
+            train_seconds: 0.0,
+        }
+    }
+}
+
+impl Progress {
+    /// Takes in a validation loss: the best (raw) loss, the smoothed curve, the count of
+    /// validations without an improvement of `min_delta` on it, and a learning-rate decay
+    /// after every `lr_patience` of those. True when early stopping says stop.
+    pub fn judge(&mut self, val: f64, config: &TrainConfig) -> bool {
+        if self.best_val_loss.is_none_or(|b| val < b) {
+            self.best_val_loss = Some(val);
+            self.best_step = self.step;
+        }
+        self.last_val_loss = Some(val);
+        let smoothed = match self.smoothed_val_loss {
+            Some(s) => s + config.smoothing.clamp(0.0, 1.0) * (val - s),
+            None => val,
+        };
+        self.smoothed_val_loss = Some(smoothed);
+        // As Keras's EarlyStopping: the best moves only on an improvement that counts, so a
+        // slow steady fall adds up to one.
+        if self
+            .best_smoothed_val_loss
+            .is_none_or(|b| smoothed < b - config.min_delta)
+        {
+            self.best_smoothed_val_loss = Some(smoothed);
+            self.evals_without_improvement = 0;
+        } else {
+            self.evals_without_improvement += 1;
+            if config.lr_decay != 1.0
+                && config.lr_patience > 0
+                && self
+                    .evals_without_improvement
+                    .is_multiple_of(config.lr_patience)
+            {
+                self.lr_scale *= config.lr_decay;
+            }
+        }
+        config.patience > 0 && self.evals_without_improvement >= config.patience
+    }
 }
 
 /// What the trainer writes into a checkpoint card's `training` field.
@@ -148,6 +232,9 @@ pub struct TrainingRecord {
     /// The checkpoint the weights started from, when not from scratch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_from: Option<String>,
+    /// How the corpus was split and cut (absent in older cards: their legacy rules).
+    #[serde(default = "CorpusRules::legacy")]
+    pub rules: CorpusRules,
 }
 
 /// Progress of a run, sent on a channel: the CLI draws it with indicatif, the TUI with its
@@ -228,6 +315,7 @@ pub struct Trainer<'a> {
     history: Vec<(u64, f64, f64)>,
     val_set: Vec<Batch>,
     init_from: Option<String>,
+    rules: CorpusRules,
 }
 
 impl<'a> Trainer<'a> {
@@ -239,7 +327,8 @@ impl<'a> Trainer<'a> {
         config: TrainConfig,
         device: Device,
     ) -> Result<Self> {
-        let stats = CorpusStats::scan(source, config.val_fraction)?;
+        let rules = exp_rules();
+        let stats = CorpusStats::scan(source, cut_spec(&config, rules))?;
         let vocab = Vocab::from_counts(&stats.char_counts, config.min_char_count);
         let weights = model_config.init_weights(vocab.len(), config.seed, &device)?;
         Trainer::build(
@@ -251,6 +340,7 @@ impl<'a> Trainer<'a> {
             stats,
             weights,
             None,
+            rules,
             device,
         )
     }
@@ -266,7 +356,8 @@ impl<'a> Trainer<'a> {
         config: TrainConfig,
         device: Device,
     ) -> Result<Self> {
-        let stats = CorpusStats::scan(source, config.val_fraction)?;
+        let rules = exp_rules();
+        let stats = CorpusStats::scan(source, cut_spec(&config, rules))?;
         let mut model_config = pretrained.card.model.clone();
         if let Some(d) = drop_rate {
             model_config.drop_rate = d;
@@ -285,6 +376,7 @@ impl<'a> Trainer<'a> {
             stats,
             weights,
             None,
+            rules,
             device,
         )?;
         t.init_from = Some(pretrained.dir.display().to_string());
@@ -348,7 +440,7 @@ impl<'a> Trainer<'a> {
             })
             .collect();
         checkpoint::check_weights(&state_path, &weights, &card.model, card.vocab.len())?;
-        let stats = CorpusStats::scan(source, config.val_fraction)?;
+        let stats = CorpusStats::scan(source, cut_spec(&config, record.rules))?;
         if stats.train_tokens != record.corpus.train_tokens
             || stats.val_tokens != record.corpus.val_tokens
         {
@@ -369,6 +461,7 @@ impl<'a> Trainer<'a> {
             stats,
             weights,
             Some(progress),
+            record.rules,
             device,
         )?;
         t.learner.opt.load_state(&state, &state_path)?;
@@ -387,6 +480,7 @@ impl<'a> Trainer<'a> {
         stats: CorpusStats,
         weights: HashMap<String, Tensor>,
         progress: Option<Progress>,
+        rules: CorpusRules,
         device: Device,
     ) -> Result<Self> {
         let too_small = |what: &str| {
@@ -401,7 +495,7 @@ impl<'a> Trainer<'a> {
                 "add tweets, or lower --batch-size and --seq-len",
             )
         };
-        if stats.windows(Split::Train, config.seq_len) < config.batch_size as u64 {
+        if stats.windows(Split::Train) < config.batch_size as u64 {
             return Err(too_small(&format!(
                 "the training split makes no full batch of {} x {} characters",
                 config.batch_size, config.seq_len
@@ -411,6 +505,7 @@ impl<'a> Trainer<'a> {
         let val_spec = StreamSpec {
             split: Split::Validation,
             val_fraction: config.val_fraction,
+            rules,
             batch: config.batch_size,
             seq_len: config.seq_len,
             shuffle_windows: 1,
@@ -423,6 +518,9 @@ impl<'a> Trainer<'a> {
         if val_set.is_empty() {
             return Err(too_small("the held-out split has no full window of text"));
         }
+        let progress = progress.unwrap_or_default();
+        let mut learner = learner;
+        learner.opt.lr = config.learning_rate * progress.lr_scale;
         Ok(Trainer {
             config,
             model_config,
@@ -432,10 +530,11 @@ impl<'a> Trainer<'a> {
             dir: dir.to_path_buf(),
             device,
             learner,
-            progress: progress.unwrap_or_default(),
+            progress,
             history: Vec::new(),
             val_set,
             init_from: None,
+            rules,
         })
     }
 
@@ -446,7 +545,7 @@ impl<'a> Trainer<'a> {
 
     /// Batches per epoch.
     pub fn steps_per_epoch(&self) -> u64 {
-        self.stats.windows(Split::Train, self.config.seq_len) / self.config.batch_size as u64
+        self.stats.windows(Split::Train) / self.config.batch_size as u64
     }
 
     fn total_steps(&self) -> u64 {
@@ -489,24 +588,13 @@ impl<'a> Trainer<'a> {
         Ok(sum / n as f64)
     }
 
-    /// Validates, records, saves the best weights when they improve; true when early
-    /// stopping says stop.
+    /// Validates, records, saves the best weights when they improve, decays the learning
+    /// rate on a plateau; true when early stopping says stop.
     fn validate_and_save(&mut self, train_loss: f64, events: &Sender<TrainEvent>) -> Result<bool> {
         let val = self.validate()?;
-        let p = &mut self.progress;
-        let improved = p.best_val_loss.is_none_or(|b| val < b);
-        if p.best_val_loss
-            .is_none_or(|b| val < b - self.config.min_delta)
-        {
-            p.evals_without_improvement = 0;
-        } else {
-            p.evals_without_improvement += 1;
-        }
-        p.last_val_loss = Some(val);
-        if improved {
-            p.best_val_loss = Some(val);
-            p.best_step = p.step;
-        }
+        let improved = self.progress.best_val_loss.is_none_or(|b| val < b);
+        let stop = self.progress.judge(val, &self.config);
+        self.learner.opt.lr = self.config.learning_rate * self.progress.lr_scale;
         self.history.push((self.progress.step, train_loss, val));
         if improved {
             let card = self.card();
@@ -519,8 +607,7 @@ impl<'a> Trainer<'a> {
             best_val_loss: self.progress.best_val_loss.unwrap_or(val),
             improved,
         });
-        Ok(self.config.patience > 0
-            && self.progress.evals_without_improvement >= self.config.patience)
+        Ok(stop)
     }
 
     fn card(&self) -> Card {
@@ -532,6 +619,7 @@ impl<'a> Trainer<'a> {
             state_file: STATE_FILE.to_string(),
             history: self.history.clone(),
             init_from: self.init_from.clone(),
+            rules: self.rules,
         };
         card.training = Some(serde_json::to_value(record).expect("a record always serialises"));
         card
@@ -598,6 +686,7 @@ impl<'a> Trainer<'a> {
             let spec = StreamSpec {
                 split: Split::Train,
                 val_fraction: self.config.val_fraction,
+                rules: self.rules,
                 batch: self.config.batch_size,
                 seq_len: self.config.seq_len,
                 shuffle_windows: self.config.shuffle_windows,
@@ -788,20 +877,26 @@ impl Learner {
     }
 }
 
-/// Mean loss (nats per character) of `model` over the whole held-out split of `source`, in
-/// windows of `seq_len` characters, and the characters it covered. Models with different
-/// vocabularies can be compared on the same tweets this way.
+/// Mean loss (nats per character) of `model` over the whole held-out split of `source` (by
+/// `split`), in consecutive windows of `seq_len` characters each read from a zero state, and
+/// the characters it covered: the per-window figure. Models with different vocabularies can
+/// be compared on the same tweets this way.
 pub fn evaluate(
     model: &CharLstm,
     vocab: &Vocab,
     source: &dyn TweetSource,
     val_fraction: f64,
+    split: SplitRule,
     seq_len: usize,
     device: &Device,
 ) -> Result<(f64, u64)> {
     let spec = StreamSpec {
         split: Split::Validation,
         val_fraction,
+        rules: CorpusRules {
+            split,
+            windows: Windows::Stream,
+        },
         batch: 64,
         seq_len,
         shuffle_windows: 1,
@@ -827,6 +922,56 @@ pub fn evaluate(
         ));
     }
     Ok((sum / n as f64, n))
+}
+
+/// Mean loss (nats per character) of the model over the held-out tweets of `source` (by
+/// `split`), each read from the start-of-tweet state through its end-of-tweet, as generation
+/// runs (the per-tweet figure), and the tokens it covered. Reads the tweets in bounded
+/// chunks.
+pub fn evaluate_tweets(
+    weights: &StepWeights,
+    vocab: &Vocab,
+    source: &dyn TweetSource,
+    val_fraction: f64,
+    split: SplitRule,
+) -> Result<(f64, u64)> {
+    let (mut nats, mut tokens) = (0f64, 0u64);
+    let mut chunk: Vec<String> = Vec::new();
+    let mut flush = |chunk: &mut Vec<String>| {
+        let texts: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        for s in score_tweets(weights, vocab, &texts) {
+            nats += s.nats;
+            tokens += s.tokens as u64;
+        }
+        chunk.clear();
+    };
+    for tweet in source.tweets()? {
+        let tweet = tweet?;
+        if split_of(&tweet, val_fraction, split) == Split::Validation {
+            chunk.push(tweet);
+            if chunk.len() == 4096 {
+                flush(&mut chunk);
+            }
+        }
+    }
+    flush(&mut chunk);
+    if tokens == 0 {
+        return Err(Error::corpus(
+            source.describe(),
+            "has no held-out tweets to evaluate on",
+            "import more tweets",
+        ));
+    }
+    Ok((nats / tokens as f64, tokens))
+}
+
+/// The [`CutSpec`] of a run's config under `rules`.
+fn cut_spec(config: &TrainConfig, rules: CorpusRules) -> CutSpec {
+    CutSpec {
+        val_fraction: config.val_fraction,
+        seq_len: config.seq_len,
+        rules,
+    }
 }
 
 /// A seed for stream `k` of a run seeded with `seed` (SplitMix64 finaliser).
@@ -856,5 +1001,112 @@ pub fn describe_device(device: &Device) -> String {
         #[cfg(not(feature = "cuda"))]
         Device::Cuda(_) => "cuda".to_string(),
         Device::Metal(_) => "metal".to_string(),
+    }
+}
+
+// EXPERIMENT ONLY (to be removed): AVIARY_EXP_WINDOWS=stream forces stream windows.
+fn exp_rules() -> CorpusRules {
+    let mut r = CorpusRules::default();
+    if std::env::var("AVIARY_EXP_WINDOWS").is_ok_and(|v| v == "stream") {
+        r.windows = Windows::Stream;
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds a curve of validation losses to a fresh progress; returns the index of the
+    /// validation at which early stopping said stop (None: never) and the lr scale after each.
+    fn run_curve(curve: &[f64], config: &TrainConfig) -> (Option<usize>, Vec<f64>) {
+        let mut p = Progress::default();
+        let mut scales = Vec::new();
+        for (k, &v) in curve.iter().enumerate() {
+            p.step = k as u64;
+            let stop = p.judge(v, config);
+            scales.push(p.lr_scale);
+            if stop {
+                return (Some(k), scales);
+            }
+        }
+        (None, scales)
+    }
+
+    fn finetune_like() -> TrainConfig {
+        TrainConfig {
+            patience: 3,
+            min_delta: 0.001,
+            smoothing: 0.5,
+            lr_decay: 0.5,
+            lr_patience: 1,
+            ..TrainConfig::default()
+        }
+    }
+
+    #[test]
+    fn a_curve_still_falling_slowly_is_not_stopped() {
+        // The case: 0.002-0.004 a validation, which min_delta 0.005 used to stop.
+        let curve: Vec<f64> = (0..30)
+            .map(|k| 1.60 - 0.003 * k as f64 + if k % 2 == 0 { 0.0015 } else { 0.0 })
+            .collect();
+        let (stop, scales) = run_curve(&curve, &finetune_like());
+        assert_eq!(stop, None, "stopped while falling");
+        assert_eq!(
+            *scales.last().unwrap(),
+            1.0,
+            "decayed while falling: {scales:?}"
+        );
+        // A fall below min_delta per validation still adds up to improvements.
+        let slow: Vec<f64> = (0..40).map(|k| 1.6 - 0.0006 * k as f64).collect();
+        assert_eq!(run_curve(&slow, &finetune_like()).0, None);
+    }
+
+    #[test]
+    fn a_plateau_decays_the_rate_then_stops_after_patience() {
+        // Worked by hand: smoothed by half, the curve is 1.7, 1.69, 1.675, 1.6575, 1.63875,
+        // 1.61938, 1.61019, 1.60609, 1.60455, then 1.60427 (better by less than 0.001: the
+        // first bad validation), 1.60464, 1.60532 (the third: stop).
+        let curve = [
+            1.70, 1.68, 1.66, 1.64, 1.62, 1.60, 1.601, 1.602, 1.603, 1.604, 1.605, 1.606, 1.607,
+        ];
+        let (stop, scales) = run_curve(&curve, &finetune_like());
+        assert_eq!(stop, Some(11), "{scales:?}");
+        assert!(scales[..9].iter().all(|&s| s == 1.0), "{scales:?}");
+        assert_eq!(
+            &scales[9..],
+            &[0.5, 0.25, 0.125],
+            "halved at each bad validation"
+        );
+        // Raw losses (smoothing 1), no decay: stops after three bad ones, at 1.603.
+        let raw = TrainConfig {
+            smoothing: 1.0,
+            lr_decay: 1.0,
+            ..finetune_like()
+        };
+        let (stop, scales) = run_curve(&curve, &raw);
+        assert_eq!(stop, Some(8));
+        assert!(scales.iter().all(|&s| s == 1.0));
+    }
+
+    #[test]
+    fn one_lucky_validation_does_not_stop_a_falling_curve() {
+        // 1.60 is a lucky low; the trend after it still falls. Raw, the next three are no
+        // better than 1.60 - 0.001 and stop the run; smoothed by half (1.64, 1.6325,
+        // 1.62375, 1.61437, 1.60469) every one improves.
+        let curve = [1.70, 1.66, 1.60, 1.625, 1.615, 1.605, 1.595];
+        assert_eq!(run_curve(&curve, &finetune_like()).0, None);
+        let raw = TrainConfig {
+            smoothing: 1.0,
+            ..finetune_like()
+        };
+        assert_eq!(run_curve(&curve, &raw).0, Some(5));
+        // The best raw loss is what the saved weights are.
+        let mut p = Progress::default();
+        for (k, v) in curve.iter().enumerate() {
+            p.step = k as u64;
+            p.judge(*v, &finetune_like());
+        }
+        assert_eq!((p.best_val_loss, p.best_step), (Some(1.595), 6));
     }
 }
