@@ -124,7 +124,9 @@ fn finetuning_beats_the_base_and_says_what_it_cannot_read() {
         .skip_while(|l| !l.starts_with("model"))
         .collect();
     assert!(
-        rows[0].contains("val loss") && rows[0].contains("vocab"),
+        rows[0].contains("per window")
+            && rows[0].contains("per tweet")
+            && rows[0].contains("vocab"),
         "{table}"
     );
     assert_eq!(rows.len(), 4, "bot, base and scratch rows:\n{table}");
@@ -213,11 +215,13 @@ fn candidates_are_stored_new_and_never_copies() {
         ],
     ));
     assert!(err.contains("new candidates for bakery"), "{err}");
+    // id, score, novelty, text; best score first.
     let lines: Vec<(i64, f64, String)> = out
         .lines()
         .map(|l| {
-            let mut f = l.splitn(3, '\t');
+            let mut f = l.splitn(4, '\t');
             let id = f.next().unwrap().parse().unwrap();
+            let _score: f64 = f.next().unwrap().parse().unwrap();
             let novelty = f.next().unwrap().parse().unwrap();
             (id, novelty, f.next().unwrap().to_string())
         })
@@ -307,7 +311,7 @@ fn candidates_are_stored_new_and_never_copies() {
     assert!(err.contains("repeat"), "{err}");
     assert!(out.lines().count() <= 1, "{out}");
     for l in out.lines() {
-        let text = l.splitn(3, '\t').nth(2).unwrap();
+        let text = l.splitn(4, '\t').nth(3).unwrap();
         assert!(!training.contains(&text.to_string()), "{text}");
     }
 }
@@ -410,7 +414,7 @@ fn a_base_model_continues_from_its_weights() {
 fn the_novelty_filter_on_real_accounts() {
     use aviary::corpus::{read_tweets, CleanPolicy};
     use aviary::generate::{NoveltyConfig, NoveltyIndex};
-    use aviary::train::{split_of, Split};
+    use aviary::train::{split_of, Split, SplitRule};
     let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/accounts-sxywu-tweety");
     if !shared.is_dir() {
         println!("skipped: {} is absent", shared.display());
@@ -428,7 +432,7 @@ fn the_novelty_filter_on_real_accounts() {
         .unwrap();
         let (train, held): (Vec<&String>, Vec<&String>) = tweets
             .iter()
-            .partition(|t| split_of(t, 0.1) == Split::Train);
+            .partition(|t| split_of(t, 0.1, SplitRule::Folded) == Split::Train);
         let index = NoveltyIndex::build(train.iter().map(|t| t.as_str()), cfg.ngram);
         for t in &train {
             if t.chars().count() >= cfg.ngram {
@@ -487,4 +491,149 @@ fn eval_on_a_corpus_compares_checkpoints() {
         (eval_loss(&table, "base") - best).abs() < 0.15,
         "{table} vs {best}"
     );
+}
+
+/// The `score` column of `generate --bot` lines (id, score, novelty, text).
+fn scores_and_texts(out: &str) -> Vec<(f64, String)> {
+    out.lines()
+        .take_while(|l| !l.is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.splitn(4, '\t').collect();
+            (f[1].parse().unwrap(), f[3].to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn generation_keeps_the_best_of_a_pool_ranked_the_same_for_a_seed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (home, base) = setup(tmp.path());
+    ok(aviary(
+        &home,
+        &["finetune", "bakery", "--from", &base, "--lr", "0.005"],
+    ));
+    // A copy of the home before generating: the same seed there must give the same list.
+    let twin = tmp.path().join("twin");
+    std::fs::create_dir_all(&twin).unwrap();
+    for f in ["aviary.db"] {
+        std::fs::copy(home.join(f), twin.join(f)).unwrap();
+    }
+    let args = [
+        "generate", "--bot", "bakery", "-n", "4", "--seed", "11", "--report",
+    ];
+    let (out, err) = ok(aviary(&home, &args));
+    assert!(
+        err.contains("sampled 40"),
+        "a pool of ten per candidate: {err}"
+    );
+    let kept = scores_and_texts(&out);
+    assert_eq!(kept.len(), 4, "{out}\n{err}");
+    assert!(
+        kept.windows(2).all(|w| w[0].0 >= w[1].0),
+        "best first: {kept:?}"
+    );
+    // The report: the account's lengths, the pool and the kept ones.
+    for row in ["account", "sampled", "kept"] {
+        assert!(
+            out.lines().any(|l| l.starts_with(row)),
+            "no {row} row:\n{out}"
+        );
+    }
+    let sampled_row: Vec<&str> = out
+        .lines()
+        .find(|l| l.starts_with("sampled"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(sampled_row[1], "40", "{out}");
+    // The bakery's tweets are made of known words, and so, after fine-tuning, is most of
+    // what the bot says.
+    let known: f64 = sampled_row[6].trim_end_matches('%').parse().unwrap();
+    assert!(known > 50.0, "{out}");
+    // The twin home: the same seed ranks the same pool the same way.
+    let (again, _) = ok(aviary(&twin, &args));
+    assert_eq!(scores_and_texts(&again), kept);
+    // `aviary candidates` lists best first, with the score stored.
+    let (list, _) = ok(aviary(&home, &["candidates", "bakery"]));
+    let listed: Vec<String> = list
+        .lines()
+        .map(|l| l.splitn(5, '\t').nth(4).unwrap().to_string())
+        .collect();
+    let texts: Vec<String> = kept.iter().map(|k| k.1.clone()).collect();
+    assert_eq!(listed, texts);
+}
+
+#[test]
+fn no_candidate_the_length_cap_cut_off_is_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (home, base) = setup(tmp.path());
+    ok(aviary(
+        &home,
+        &["finetune", "bakery", "--from", &base, "--lr", "0.005"],
+    ));
+    // The bakery's tweets run to about 50 characters: a cap of 30 cuts off nearly all.
+    let config = tmp.path().join("cap.toml");
+    std::fs::write(&config, "[generate]\nmax_chars = 30\n").unwrap();
+    let (out, err) = ok(aviary(
+        &home,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "generate",
+            "--bot",
+            "bakery",
+            "-n",
+            "3",
+            "--seed",
+            "2",
+        ],
+    ));
+    assert!(err.contains("unfinished"), "{err}");
+    let store = Store::open(&home.join("aviary.db")).unwrap();
+    let bot = store.bot("bakery").unwrap().unwrap();
+    for c in store.candidates(bot.id).unwrap() {
+        assert!(
+            c.text.chars().count() < 30,
+            "{:?} ran into the cap and was kept:\n{out}",
+            c.text
+        );
+        assert!(c.score.is_some());
+    }
+}
+
+#[test]
+fn a_bot_with_too_few_tweets_gets_a_hint_that_works() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (home, base) = setup(tmp.path());
+    let few = tmp.path().join("few.txt");
+    std::fs::write(&few, account_tweets(400)[..120].join("\n")).unwrap();
+    ok(aviary(&home, &["bot", "new", "small"]));
+    ok(aviary(&home, &["import", "small", few.to_str().unwrap()]));
+    let o = aviary(&home, &["finetune", "small", "--from", &base]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let hint = err
+        .lines()
+        .find(|l| l.starts_with("HINT:"))
+        .unwrap_or_else(|| panic!("no hint:\n{err}"));
+    // "HINT: add tweets, or pass --batch-size N (or less)": do as it says.
+    let n = hint
+        .split("--batch-size ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{hint}"));
+    let (out, _) = ok(aviary(
+        &home,
+        &[
+            "finetune",
+            "small",
+            "--from",
+            &base,
+            "--batch-size",
+            n,
+            "--max-steps",
+            "2",
+        ],
+    ));
+    assert!(out.contains("finished at step 2"), "{out}");
 }

@@ -65,6 +65,7 @@ fn candidate(
         sampling: "{}".into(),
         novelty: Some(novelty),
         status: status.into(),
+        score: Some(-3.0 + id as f64 / 10.0),
     }
 }
 

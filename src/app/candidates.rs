@@ -11,7 +11,9 @@ use candle_core::Device;
 use super::bots::find_bot;
 use super::posting;
 use super::{base_checkpoint, Config, GenerateRequest};
-use crate::generate::{self, NoveltyIndexBuilder, Rejection};
+use crate::generate::{
+    self, rank, NoveltyIndexBuilder, Quality, QualityReport, Ranker, Rejection, Sample,
+};
 use crate::model::{Checkpoint, StepWeights};
 use crate::store::Store;
 use crate::store::{CandidateRow, QueueStatus};
@@ -27,28 +29,35 @@ pub struct NewCandidate {
     pub text: String,
     /// 1 - its overlap with the bot's training tweets.
     pub novelty: f64,
+    /// How it reads (what it was ranked by).
+    pub quality: Quality,
 }
 
 /// What one `generate` for a bot did.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CandidateBatch {
-    /// The candidates kept and stored.
+    /// The candidates kept and stored, best first.
     pub kept: Vec<NewCandidate>,
     /// Candidates sampled in all.
     pub sampled: usize,
-    /// Candidates dropped, per reason.
+    /// Candidates dropped, per reason (those that passed but ranked below the kept ones are
+    /// not counted here).
     pub rejected: BTreeMap<Rejection, usize>,
     /// The seed the sampling started from.
     pub seed: u64,
     /// The checkpoint sampled from.
     pub checkpoint: String,
+    /// The pool and the kept candidates beside the account's tweets.
+    pub report: QualityReport,
 }
 
 /// Sampling rounds before giving up on reaching `n` (a model that only copies never will).
 const MAX_ROUNDS: u64 = 6;
 
-/// Samples candidates for bot `bot` until `req.n` pass the checks (or the rounds run out),
-/// and stores them. `req.checkpoint` overrides the bot's model.
+/// Samples a pool of candidates for bot `bot` (`[rank] pool` for each one asked for), drops
+/// those that fail the checks, and stores the best `req.n` by their ranking score; more
+/// rounds are sampled while fewer than `req.n` pass. `req.checkpoint` overrides the bot's
+/// model.
 pub fn generate_for_bot(
     config: &Config,
     store: &mut Store,
@@ -72,53 +81,59 @@ pub fn generate_for_bot(
     let weights = StepWeights::from_model(&ck.model(&Device::Cpu)?)?;
 
     let mut builder = NoveltyIndexBuilder::new(config.novelty.ngram);
+    let mut tweets = Vec::new();
     let mut after = 0;
     loop {
         let page = store.kept_tweets(bot.id, after, 4096)?;
         let Some((last, _)) = page.last() else { break };
         after = *last;
         page.iter().for_each(|(_, t)| builder.add(t));
+        tweets.extend(page.into_iter().map(|(_, t)| t));
     }
     let index = builder.build();
+    let ranker = Ranker::new(config.rank.clone(), tweets.iter().map(String::as_str));
 
     let seed = req.seed.unwrap_or_else(rand::random);
     let mut seen = HashSet::new();
-    let mut kept: Vec<(String, f64)> = Vec::new();
+    let mut passed: Vec<(Sample, f64, Quality)> = Vec::new();
+    let mut pool: Vec<Sample> = Vec::new();
     let mut rejected = BTreeMap::new();
-    let mut sampled = 0;
+    let pool_size = (req.n * config.rank.pool.max(1)).max(8);
     for round in 0..MAX_ROUNDS {
-        let want = req.n.saturating_sub(kept.len());
-        if want == 0 {
+        if passed.len() >= req.n {
             break;
         }
-        // Ask for more than are missing: some will be dropped.
-        let batch = (want * 2).max(8);
-        let texts = generate::generate(
+        let samples = generate::generate(
             &weights,
             &ck.card.vocab,
             &sample,
             &req.prime,
-            batch,
+            pool_size,
             mix(seed, round),
         )?;
-        sampled += texts.len();
-        for text in texts {
-            if kept.len() == req.n {
-                break;
+        for s in samples {
+            let mut verdict = index.judge(&s.text, &config.novelty);
+            if verdict.is_ok() && !s.ended {
+                verdict = Err(Rejection::Unfinished);
             }
-            let mut verdict = index.judge(&text, &config.novelty);
-            if verdict.is_ok() {
-                let t = text.trim();
-                if !seen.insert(t.to_string()) || store.is_known_text(bot.id, t)? {
-                    verdict = Err(Rejection::Repeat);
-                }
+            if verdict.is_ok()
+                && (!seen.insert(s.text.clone()) || store.is_known_text(bot.id, &s.text)?)
+            {
+                verdict = Err(Rejection::Repeat);
             }
             match verdict {
-                Ok(novelty) => kept.push((text.trim().to_string(), novelty)),
+                Ok(novelty) => passed.push((s.clone(), novelty, ranker.quality(&s))),
                 Err(r) => *rejected.entry(r).or_default() += 1,
             }
+            pool.push(s);
         }
     }
+    let qualities: Vec<Quality> = passed.iter().map(|p| p.2).collect();
+    let best: Vec<(Sample, f64, Quality)> = rank(&qualities)
+        .into_iter()
+        .take(req.n)
+        .map(|i| passed[i].clone())
+        .collect();
     let sampling = serde_json::json!({
         "temperature": sample.temperature,
         "top_k": sample.top_k,
@@ -127,22 +142,46 @@ pub fn generate_for_bot(
         "prime": req.prime,
         "seed": seed,
         "checkpoint": label,
+        "pool": pool.len(),
     })
     .to_string();
+    let report = QualityReport::new(
+        tweets.iter().map(String::as_str),
+        ranker.known(),
+        &pool,
+        &best
+            .iter()
+            .map(|(s, _, q)| (s.clone(), *q))
+            .collect::<Vec<_>>(),
+    );
     let kept = store.write(|w| {
-        kept.into_iter()
-            .map(|(text, novelty)| {
-                let id = w.insert_candidate(bot.id, &text, &sampling, novelty)?;
-                Ok(NewCandidate { id, text, novelty })
+        best.into_iter()
+            .map(|(s, novelty, quality)| {
+                let quality_json = serde_json::to_string(&quality).expect("numbers serialise");
+                let id = w.insert_candidate(
+                    bot.id,
+                    &s.text,
+                    &sampling,
+                    novelty,
+                    quality.score,
+                    &quality_json,
+                )?;
+                Ok(NewCandidate {
+                    id,
+                    text: s.text,
+                    novelty,
+                    quality,
+                })
             })
             .collect::<Result<Vec<_>>>()
     })?;
     Ok(CandidateBatch {
         kept,
-        sampled,
+        sampled: pool.len(),
         rejected,
         seed,
         checkpoint: label,
+        report,
     })
 }
 
@@ -159,13 +198,18 @@ pub enum Review {
     Reset,
 }
 
-/// The candidates of bot `bot`, oldest first; only those with `status` when given.
+/// The candidates of bot `bot`, best score first (unscored ones, from before scores, last;
+/// ties oldest first); only those with `status` when given.
 pub fn list(store: &Store, bot: &str, status: Option<&str>) -> Result<Vec<CandidateRow>> {
     let bot = find_bot(store, bot)?;
     let mut rows = store.candidates(bot.id)?;
     if let Some(s) = status {
         rows.retain(|c| c.status == s);
     }
+    rows.sort_by(|a, b| {
+        let score = |c: &CandidateRow| c.score.unwrap_or(f64::NEG_INFINITY);
+        score(b).total_cmp(&score(a)).then(a.id.cmp(&b.id))
+    });
     Ok(rows)
 }
 

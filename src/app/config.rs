@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::corpus::CleanPolicy;
-use crate::generate::{NoveltyConfig, SampleConfig};
+use crate::generate::{NoveltyConfig, RankConfig, SampleConfig};
 use crate::model::ModelConfig;
 use crate::schedule::Schedule;
 use crate::train::TrainConfig;
@@ -23,6 +23,8 @@ pub struct Config {
     pub train: TrainConfig,
     /// Sampling defaults.
     pub generate: SampleConfig,
+    /// How a bot's candidates are ranked.
+    pub rank: RankConfig,
     /// The cleaning policy new bots start with (each bot keeps its own copy).
     pub clean: CleanPolicy,
     /// What fine-tuning a bot changes from `[train]`.

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 
+pub use crate::generate::QualityReport;
 /// The store's handle and rows, as the faces see them through the use cases here.
 pub use crate::store::{CandidateRow, QueueRow, QueueStatus, Store};
 /// What the faces see of a training run.
@@ -86,8 +87,8 @@ pub fn generate(config: &Config, req: &GenerateRequest) -> Result<(Vec<String>, 
     let model = ck.model(&Device::Cpu)?;
     let weights = StepWeights::from_model(&model)?;
     let seed = req.seed.unwrap_or_else(rand::random);
-    let texts = generate::generate(&weights, &ck.card.vocab, &sample, &req.prime, req.n, seed)?;
-    Ok((texts, seed))
+    let samples = generate::generate(&weights, &ck.card.vocab, &sample, &req.prime, req.n, seed)?;
+    Ok((samples.into_iter().map(|s| s.text).collect(), seed))
 }
 
 /// The device `spec` names (`cpu`, `cuda`, `cuda:N`), or the best available: CUDA when this

@@ -589,3 +589,13 @@ impl HeldOut<'_> {
         })
     }
 }
+
+/// Writes the word list of `files` (words seen at least `min_count` times, most frequent
+/// first) to `out`, as `checkpoints/base/words.txt` is made; returns the number of words.
+pub fn write_base_words(files: &[PathBuf], min_count: u64, out: &Path) -> Result<usize> {
+    let corpus = PlainTextFiles::open(files)?;
+    let tweets: Vec<String> = corpus.tweets().collect::<Result<_>>()?;
+    let list = crate::generate::words::word_list(tweets.iter().map(String::as_str), min_count);
+    std::fs::write(out, &list).map_err(|e| Error::io(out, e))?;
+    Ok(list.lines().count())
+}

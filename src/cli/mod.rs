@@ -303,6 +303,22 @@ pub struct BaseArgs {
 pub enum BaseCommand {
     /// Train a base model on a general corpus (the flags of `aviary train`).
     Train(TrainArgs),
+    /// Write the word list candidates are judged by (checkpoints/base/words.txt) from a corpus.
+    Words(BaseWordsArgs),
+}
+
+/// `aviary base words`.
+#[derive(Args, Debug)]
+pub struct BaseWordsArgs {
+    /// Corpus file(s), one tweet per line.
+    #[arg(long, num_args = 1.., required = true)]
+    pub corpus: Vec<PathBuf>,
+    /// Keep words seen at least this many times.
+    #[arg(long, default_value_t = 3)]
+    pub min_count: u64,
+    /// Where to write the list.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 /// `aviary generate`.
@@ -333,6 +349,10 @@ pub struct GenerateArgs {
     /// Seed, for reproducible candidates.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// With --bot: also print how the candidates sampled and kept compare with the account's
+    /// tweets (lengths, unfinished, known words, the model's likelihood).
+    #[arg(long, requires = "bot")]
+    pub report: bool,
 }
 
 /// `aviary bench`.
@@ -393,6 +413,13 @@ pub fn run() -> Result<()> {
         Command::Base(BaseArgs {
             command: BaseCommand::Train(a),
         }) => train(&config, home, a),
+        Command::Base(BaseArgs {
+            command: BaseCommand::Words(a),
+        }) => {
+            let n = app::training::write_base_words(&a.corpus, a.min_count, &a.out)?;
+            println!("{n} words written to {}", a.out.display());
+            Ok(())
+        }
         Command::Finetune(a) => finetune(&config, home()?, a),
         Command::Eval(a) => eval(&config, home, a),
         Command::Search(a) => search(&config, home, a),
@@ -517,7 +544,8 @@ fn candidates(home: &Home, a: CandidatesArgs) -> Result<()> {
     for c in list(&store, &a.bot, a.status.as_deref())? {
         let text = c.edited_text.as_deref().unwrap_or(&c.text);
         let novelty = c.novelty.map_or("-".into(), |n| format!("{n:.2}"));
-        println!("{}\t{}\t{novelty}\t{text}", c.id, c.status);
+        let score = c.score.map_or("-".into(), |n| format!("{n:.2}"));
+        println!("{}\t{}\t{score}\t{novelty}\t{text}", c.id, c.status);
     }
     Ok(())
 }
@@ -635,7 +663,7 @@ fn print_eval(rows: &[app::EvalRow]) -> Result<()> {
             r.model, r.val_loss, r.per_tweet, r.vocab, r.chars, r.train_seconds, r.checkpoint
         );
     }
-    println!(
+    eprintln!(
         "(nats/char on held-out tweets: per window = {}-character windows read from a zero state; \
          per tweet = each tweet read from its start, as generation runs)",
         rows.first().map_or(0, |r| r.window)
@@ -780,7 +808,10 @@ fn generate(config: &Config, home: impl FnOnce() -> Result<Home>, a: GenerateArg
         batch.seed
     );
     for c in &batch.kept {
-        println!("{}\t{:.2}\t{}", c.id, c.novelty, c.text);
+        println!(
+            "{}\t{:.2}\t{:.2}\t{}",
+            c.id, c.quality.score, c.novelty, c.text
+        );
     }
     if batch.kept.len() < req.n {
         eprintln!(
@@ -788,7 +819,45 @@ fn generate(config: &Config, home: impl FnOnce() -> Result<Home>, a: GenerateArg
             req.n
         );
     }
+    if a.report {
+        print_report(&batch.report);
+    }
     Ok(())
+}
+
+/// The table of `generate --report`.
+fn print_report(r: &app::QualityReport) {
+    println!(
+        "\n{:<10} {:>6} {:>11} {:>10} {:>9} {:>9} {:>9} {:>10}",
+        "", "count", "length p10", "median", "p90", "unfinished", "words known", "nats/char"
+    );
+    let l = &r.account;
+    println!(
+        "{:<10} {:>6} {:>11} {:>10} {:>9}",
+        "account", l.count, l.p10, l.median, l.p90
+    );
+    for (name, g) in [("sampled", &r.sampled), ("kept", &r.kept)] {
+        let l = &g.lengths;
+        println!(
+            "{:<10} {:>6} {:>11} {:>10} {:>9} {:>9.1}% {:>9.1}% {:>10.3}",
+            name,
+            l.count,
+            l.p10,
+            l.median,
+            l.p90,
+            100.0 * g.unfinished,
+            100.0 * g.words_known,
+            g.nats_per_char
+        );
+    }
+    println!(
+        "words known: {:.1}% of the sampled ones are the account's, {:.1}% the base corpus's; \
+         kept: {:.1}% and {:.1}%",
+        100.0 * r.sampled.words_in_account,
+        100.0 * r.sampled.words_in_base,
+        100.0 * r.kept.words_in_account,
+        100.0 * r.kept.words_in_base
+    );
 }
 
 fn bench(a: BenchArgs) -> Result<()> {

@@ -3,14 +3,20 @@
 //! and a seed makes the whole thing reproducible. Uses the model's step-by-step forward.
 
 pub mod novelty;
+pub mod rank;
+pub mod report;
+pub mod words;
 
 pub use novelty::{NoveltyConfig, NoveltyIndex, NoveltyIndexBuilder, Rejection};
+pub use rank::{rank, Quality, RankConfig, Ranker};
+pub use report::QualityReport;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{StepState, StepWeights, Vocab, EOT, UNK};
+use crate::model::score::log_softmax_at;
+use crate::model::{StepState, StepWeights, TweetScore, Vocab, EOT, UNK};
 use crate::{Error, Result};
 
 /// The most characters a tweet may have.
@@ -120,6 +126,18 @@ pub fn sample_token(
     scratch.last().map(|p| p.1).unwrap_or(EOT)
 }
 
+/// One sampled text.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    /// The text, priming text included, trailing white space trimmed.
+    pub text: String,
+    /// The model ended it (end-of-tweet), rather than the length cap.
+    pub ended: bool,
+    /// How likely the model (at temperature 1) finds the sampled characters and the end:
+    /// the priming text is given, not scored.
+    pub score: TweetScore,
+}
+
 /// Samples `n` candidate tweets that start with `prime`, all as one batch.
 pub fn generate(
     weights: &StepWeights,
@@ -128,7 +146,7 @@ pub fn generate(
     prime: &str,
     n: usize,
     seed: u64,
-) -> Result<Vec<String>> {
+) -> Result<Vec<Sample>> {
     cfg.validate()?;
     let prime_chars = prime.chars().count();
     if prime_chars >= cfg.max_chars {
@@ -160,7 +178,13 @@ pub fn generate(
             weights.step(&mut state, &tokens);
         }
         let v = weights.vocab_size();
-        let mut out: Vec<String> = vec![prime.to_string(); n];
+        let mut out: Vec<Sample> = (0..n)
+            .map(|_| Sample {
+                text: prime.to_string(),
+                ended: false,
+                score: TweetScore::default(),
+            })
+            .collect();
         let mut len = vec![prime_chars; n];
         let mut done = vec![false; n];
         let mut scratch = Vec::with_capacity(v);
@@ -169,19 +193,21 @@ pub fn generate(
                 if done[s] {
                     continue;
                 }
-                let id = sample_token(
-                    &state.logits[s * v..(s + 1) * v],
-                    cfg,
-                    &mut rng,
-                    &mut scratch,
-                );
+                let logits = &state.logits[s * v..(s + 1) * v];
+                let id = sample_token(logits, cfg, &mut rng, &mut scratch);
+                let sample = &mut out[s];
+                sample.score.nats -= log_softmax_at(logits, id as usize);
+                sample.score.tokens += 1;
                 match vocab.char(id) {
                     Some(c) => {
-                        out[s].push(c);
+                        sample.text.push(c);
                         len[s] += 1;
                         done[s] = len[s] >= cfg.max_chars;
                     }
-                    None => done[s] = true,
+                    None => {
+                        sample.ended = true;
+                        done[s] = true;
+                    }
                 }
                 tokens[s] = id;
             }
@@ -190,7 +216,10 @@ pub fn generate(
             }
             weights.step(&mut state, &tokens);
         }
-        out.into_iter().map(|s| s.trim_end().to_string()).collect()
+        for sample in &mut out {
+            sample.text.truncate(sample.text.trim_end().len());
+        }
+        out
     }))
 }
 

@@ -47,6 +47,8 @@ pub enum Rejection {
     Copy,
     /// The same text as another candidate, or as a tweet already queued or posted.
     Repeat,
+    /// Ran into the length cap before the model ended it (cut off mid-thought).
+    Unfinished,
 }
 
 impl Rejection {
@@ -58,6 +60,7 @@ impl Rejection {
             Rejection::Unbalanced => "unbalanced",
             Rejection::Copy => "copy",
             Rejection::Repeat => "repeat",
+            Rejection::Unfinished => "unfinished",
         }
     }
 }

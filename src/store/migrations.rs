@@ -89,4 +89,9 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX queue_bot_status ON queue(bot_id, status, position);
     CREATE INDEX queue_text ON queue(text);
     "#,
+    // 3: each candidate's ranking score, and what it was computed from (JSON).
+    r#"
+    ALTER TABLE candidates ADD COLUMN score REAL;
+    ALTER TABLE candidates ADD COLUMN quality TEXT;
+    "#,
 ];

@@ -180,6 +180,8 @@ pub struct CandidateRow {
     pub novelty: Option<f64>,
     /// `new`, `approved`, `rejected` or `edited`.
     pub status: String,
+    /// Its ranking score (higher reads better); none for candidates made before scores.
+    pub score: Option<f64>,
 }
 
 /// How a training run ended, as recorded.
@@ -355,8 +357,8 @@ impl Store {
     /// The candidates of `bot`, oldest first.
     pub fn candidates(&self, bot: BotId) -> Result<Vec<CandidateRow>> {
         let mut st = self.conn.prepare_cached(
-            "SELECT id, created_at, text, edited_text, sampling, novelty, status FROM candidates
-             WHERE bot_id = ?1 ORDER BY id",
+            "SELECT id, created_at, text, edited_text, sampling, novelty, status, score
+             FROM candidates WHERE bot_id = ?1 ORDER BY id",
         )?;
         let rows = st.query_map([bot], |r| {
             Ok(CandidateRow {
@@ -367,6 +369,7 @@ impl Store {
                 sampling: r.get(4)?,
                 novelty: r.get(5)?,
                 status: r.get(6)?,
+                score: r.get(7)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -588,19 +591,23 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// Stores a new candidate; returns its id.
+    /// Stores a new candidate with its ranking score and what that was computed from (JSON);
+    /// returns its id.
     pub fn insert_candidate(
         &self,
         bot: BotId,
         text: &str,
         sampling: &str,
         novelty: f64,
+        score: f64,
+        quality: &str,
     ) -> Result<i64> {
         self.tx
             .prepare_cached(
-                "INSERT INTO candidates (bot_id, created_at, text, sampling, novelty) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO candidates (bot_id, created_at, text, sampling, novelty, score, quality)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
-            .execute(params![bot, self.now, text, sampling, novelty])?;
+            .execute(params![bot, self.now, text, sampling, novelty, score, quality])?;
         Ok(self.tx.last_insert_rowid())
     }
 

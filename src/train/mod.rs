@@ -327,7 +327,7 @@ impl<'a> Trainer<'a> {
         config: TrainConfig,
         device: Device,
     ) -> Result<Self> {
-        let rules = exp_rules();
+        let rules = CorpusRules::default();
         let stats = CorpusStats::scan(source, cut_spec(&config, rules))?;
         let vocab = Vocab::from_counts(&stats.char_counts, config.min_char_count);
         let weights = model_config.init_weights(vocab.len(), config.seed, &device)?;
@@ -356,7 +356,7 @@ impl<'a> Trainer<'a> {
         config: TrainConfig,
         device: Device,
     ) -> Result<Self> {
-        let rules = exp_rules();
+        let rules = CorpusRules::default();
         let stats = CorpusStats::scan(source, cut_spec(&config, rules))?;
         let mut model_config = pretrained.card.model.clone();
         if let Some(d) = drop_rate {
@@ -483,7 +483,7 @@ impl<'a> Trainer<'a> {
         rules: CorpusRules,
         device: Device,
     ) -> Result<Self> {
-        let too_small = |what: &str| {
+        let too_small = |what: &str, hint: String| {
             Error::corpus(
                 source.describe(),
                 format!(
@@ -492,14 +492,27 @@ impl<'a> Trainer<'a> {
                     stats.train_tokens,
                     stats.val_tokens
                 ),
-                "add tweets, or lower --batch-size and --seq-len",
+                hint,
             )
         };
-        if stats.windows(Split::Train) < config.batch_size as u64 {
-            return Err(too_small(&format!(
-                "the training split makes no full batch of {} x {} characters",
-                config.batch_size, config.seq_len
-            )));
+        let windows = stats.windows(Split::Train);
+        if windows < config.batch_size as u64 {
+            let hint = if windows >= 8 {
+                format!("add tweets, or pass --batch-size {windows} (or less)")
+            } else {
+                format!(
+                    "add tweets: about {} characters more make a batch of 8",
+                    (8 - windows) * config.seq_len as u64
+                )
+            };
+            return Err(too_small(
+                &format!(
+                    "the training split makes {windows} windows of {} characters, not a \
+                     full batch of {}",
+                    config.seq_len, config.batch_size
+                ),
+                hint,
+            ));
         }
         let learner = Learner::new(&weights, &model_config, vocab.len(), &config, &device)?;
         let val_spec = StreamSpec {
@@ -516,7 +529,16 @@ impl<'a> Trainer<'a> {
             .take(config.val_batches.max(1))
             .collect::<Result<_>>()?;
         if val_set.is_empty() {
-            return Err(too_small("the held-out split has no full window of text"));
+            return Err(too_small(
+                &format!(
+                    "the held-out split has no full window of {} characters",
+                    config.seq_len
+                ),
+                format!(
+                    "add tweets: a tenth of them are held out, and those need {} characters",
+                    config.seq_len + 1
+                ),
+            ));
         }
         let progress = progress.unwrap_or_default();
         let mut learner = learner;
@@ -1002,15 +1024,6 @@ pub fn describe_device(device: &Device) -> String {
         Device::Cuda(_) => "cuda".to_string(),
         Device::Metal(_) => "metal".to_string(),
     }
-}
-
-// EXPERIMENT ONLY (to be removed): AVIARY_EXP_WINDOWS=stream forces stream windows.
-fn exp_rules() -> CorpusRules {
-    let mut r = CorpusRules::default();
-    if std::env::var("AVIARY_EXP_WINDOWS").is_ok_and(|v| v == "stream") {
-        r.windows = Windows::Stream;
-    }
-    r
 }
 
 #[cfg(test)]

@@ -97,9 +97,7 @@ impl App {
             self.state.posting_line.clear();
             return Ok(());
         };
-        let mut c = cands::list(&self.store, &bot.name, None)?;
-        c.reverse();
-        self.state.candidates = c;
+        self.state.candidates = cands::list(&self.store, &bot.name, None)?;
         // The selected bot's queue, from the same read as the bots list.
         let q = queues.swap_remove(self.state.bot_sel);
         let scheduler = if posting::PostingLock::is_held(&self.home) {

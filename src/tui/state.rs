@@ -143,7 +143,7 @@ pub struct State {
     pub bot_sel: usize,
     /// Fine-tuning, if one ran in this session.
     pub training: Option<TrainingView>,
-    /// The selected bot's candidates, newest first.
+    /// The selected bot's candidates, best score first.
     pub candidates: Vec<CandidateRow>,
     /// The selected candidate's index.
     pub cand_sel: usize,

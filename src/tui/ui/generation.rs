@@ -1,5 +1,5 @@
-//! The generation pane: the selected bot's candidates with status, length and novelty, and
-//! the sampling settings.
+//! The generation pane: the selected bot's candidates, best score first, with status, score,
+//! length and novelty, and the sampling settings.
 
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
@@ -47,6 +47,7 @@ pub fn draw(f: &mut Frame, area: Rect, s: &State) {
         Row::new(vec![
             c.id.to_string(),
             c.status.clone(),
+            c.score.map(|n| format!("{n:.2}")).unwrap_or("-".into()),
             text.chars().count().to_string(),
             c.novelty.map(|n| format!("{n:.2}")).unwrap_or("-".into()),
             text.replace('\n', " "),
@@ -58,13 +59,14 @@ pub fn draw(f: &mut Frame, area: Rect, s: &State) {
         [
             Constraint::Length(6),
             Constraint::Length(8),
-            Constraint::Length(4),
             Constraint::Length(6),
+            Constraint::Length(4),
+            Constraint::Length(5),
             Constraint::Min(10),
         ],
     )
     .header(
-        Row::new(["#", "Status", "Len", "Nov.", "Text"])
+        Row::new(["#", "Status", "Score", "Len", "Nov.", "Text"])
             .style(Style::new().add_modifier(Modifier::BOLD)),
     )
     .row_highlight_style(selected())
