@@ -18,6 +18,7 @@ pub mod schedule;
 pub mod store;
 pub mod train;
 pub mod tui;
+pub mod tweet_len;
 pub mod twitter;
 
 pub use error::{Error, Result};

@@ -156,8 +156,34 @@ fn the_tui_fine_tunes_generates_and_queues_under_tmux() {
     t.keys(&["a"]);
     t.wait("the approval", 5, |s| s.contains("approved and queued"));
     t.keys(&["4"]);
-    t.wait("the queue", 5, |s| {
+    let (s, _) = t.wait("the queue", 5, |s| {
         s.contains("Queue: sample") && s.contains("queued")
+    });
+    // The queued entry has its planned time from the scheduler's plan, not "-".
+    let row = s
+        .lines()
+        .find(|l| l.contains(" queued "))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        row.split_whitespace().any(|w| w.contains(':')),
+        "no planned time in {row:?}:\n{s}"
+    );
+    assert!(s.contains("scheduler not running"), "{s}");
+
+    // S starts the scheduler service; it runs on after aviary quits; S stops it.
+    t.keys(&["S"]);
+    t.wait("the service", 30, |s| {
+        s.contains("scheduler started (process")
+    });
+    t.wait("the refresh", 15, |s| s.contains("scheduler running"));
+    assert!(home.join("scheduler.pid").exists());
+    t.keys(&["S"]);
+    t.wait("the stop", 60, |s| s.contains("scheduler stopped"));
+    assert!(!home.join("scheduler.pid").exists());
+    t.keys(&["S"]);
+    t.wait("the service again", 30, |s| {
+        s.contains("scheduler started (process")
     });
 
     // Quit: the process ends and tmux closes the session.
@@ -170,4 +196,16 @@ fn the_tui_fine_tunes_generates_and_queues_under_tmux() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The service outlived the TUI: stop it from the command line.
+    let o = Command::new(env!("CARGO_BIN_EXE_aviary"))
+        .args(["schedule", "stop"])
+        .env("AVIARY_HOME", &home)
+        .env("AVIARY_CONFIG", &config)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "the service did not outlive the TUI: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }

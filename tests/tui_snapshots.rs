@@ -85,6 +85,8 @@ fn entry(id: i64, status: QueueStatus, text: &str) -> QueueRow {
         sending_since: Some("2026-11-28T18:00:03Z".into()),
         next_attempt_at: None,
         posted_at: (status == QueueStatus::Posted).then(|| "2026-11-28T13:04:11Z".into()),
+        queued_at: Some("2026-11-28T12:00:00Z".into()),
+        first_claimed_at: Some("2026-11-28T18:00:03Z".into()),
     }
 }
 

@@ -221,17 +221,11 @@ pub fn review(store: &mut Store, bot: &str, ids: &[i64], review: &Review) -> Res
         Review::Reject => ("rejected", None),
         Review::Reset => ("new", None),
         Review::Edit(t) => {
-            let t = t.trim();
-            let n = t.chars().count();
-            if n == 0 || n > generate::MAX_TWEET_CHARS {
-                return Err(Error::invalid(
-                    format!("an edited tweet must have 1 to 280 characters, not {n}"),
-                    "shorten the text",
-                ));
-            }
+            let t = posting::tweet_text(t)?;
             ("edited", Some(t))
         }
     };
+    let text = text.as_deref();
     let rows = store.candidates(bot.id)?;
     store.write(|w| {
         for id in ids {

@@ -36,6 +36,11 @@ impl Home {
         })
     }
 
+    /// Whether the user named it (`--home`, `AVIARY_HOME`).
+    pub fn is_explicit(&self) -> bool {
+        self.explicit
+    }
+
     /// The folder itself.
     pub fn root(&self) -> &Path {
         &self.root

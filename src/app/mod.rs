@@ -11,6 +11,7 @@ pub mod home;
 pub mod overview;
 pub mod posting;
 pub mod search;
+pub mod service;
 pub mod training;
 
 use std::path::{Path, PathBuf};
@@ -30,6 +31,14 @@ pub use training::{eval, train, EvalRow, TrainData, TrainOutcome, TrainOverrides
 use crate::generate::{self, SampleConfig};
 use crate::model::{Checkpoint, StepWeights};
 use crate::{Error, Result};
+
+/// X's weighted length of a tweet (emoji and CJK count 2, links 23), as the editor counts it.
+pub fn tweet_length(text: &str) -> usize {
+    crate::tweet_len::weighted_len(text)
+}
+
+/// The longest tweet X takes, by weighted length.
+pub const MAX_TWEET_LENGTH: usize = crate::tweet_len::MAX_WEIGHTED;
 
 /// Overwrites `slot` when `value` is given.
 fn set<T>(slot: &mut T, value: Option<T>) {

@@ -404,7 +404,7 @@ pub fn run() -> Result<()> {
     let config = Config::load(cli.config.as_deref())?;
     let home = || Home::resolve(cli.home.clone());
     let Some(command) = cli.command else {
-        return crate::tui::run(home()?, config);
+        return crate::tui::run(home()?, config, cli.config.clone());
     };
     match command {
         Command::Bot(a) => bots::bot(&config, &home()?, a),
@@ -429,7 +429,7 @@ pub fn run() -> Result<()> {
         Command::Auth(a) => posting::auth(&config, &home()?, a),
         Command::Queue(a) => posting::queue(&config, &home()?, a),
         Command::PostNow(a) => posting::post_now(&config, &home()?, a),
-        Command::Schedule(a) => posting::schedule(&config, &home()?, a),
+        Command::Schedule(a) => posting::schedule(&config, cli.config.as_deref(), &home()?, a),
     }
 }
 

@@ -2,6 +2,7 @@
 //! printing around `app::posting`.
 
 use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -94,7 +95,21 @@ pub enum ScheduleCommand {
         /// Handle what is due now, then exit (for cron).
         #[arg(long)]
         once: bool,
+        /// Log to this file (moved to FILE.1 past 1 MiB) instead of standard output.
+        #[arg(long)]
+        log: Option<PathBuf>,
     },
+    /// Run the scheduler in the background for this home, surviving the terminal (its log:
+    /// HOME/scheduler.log).
+    Start,
+    /// Stop the background scheduler between two steps, and wait for it.
+    Stop,
+    /// Whether the scheduler runs, since when, its last log lines and each bot's next post.
+    Status,
+    /// Write a systemd user unit that starts the scheduler at login (Linux).
+    Install,
+    /// Remove the systemd user unit.
+    Uninstall,
     /// A bot's schedule and one day's planned slots.
     Show {
         /// The bot.
@@ -116,10 +131,53 @@ pub enum ScheduleCommand {
 
 /// Prints one scheduler event with the time, flushed at once (a log read live).
 fn log(e: PostEvent) {
-    let line = format!("{} {e}", posting::stamp(Utc::now()));
+    print_line(&format!("{} {e}", posting::stamp(Utc::now())));
+}
+
+/// Prints a line and flushes it.
+fn print_line(line: &str) {
     let mut out = std::io::stdout().lock();
     // A closed stdout must not stop the scheduler; SIGPIPE ends the process if it is a pipe.
     let _ = writeln!(out, "{line}").and_then(|_| out.flush());
+}
+
+/// `schedule status`: running or not, since when, each bot's next post, the log's end.
+fn print_status(
+    config: &Config,
+    home: &Home,
+    store: &crate::app::Store,
+    s: &crate::app::service::ServiceStatus,
+) -> Result<()> {
+    if let Some(pid) = s.stale {
+        println!("(process {pid} ended without stopping, killed or at a reboot: its pid file is removed)");
+    }
+    match (s.running, s.pid) {
+        (true, Some((pid, since))) => println!(
+            "scheduler running as process {pid} since {}",
+            posting::stamp(since)
+        ),
+        (true, None) => println!("scheduler running in a terminal (`aviary schedule run`)"),
+        (false, _) => println!("scheduler not running: start it with `aviary schedule start`"),
+    }
+    let setup = PostingSetup {
+        home,
+        config,
+        force_dry_run: false,
+    };
+    for (bot, _) in crate::app::overview::overview(&setup, store, &SystemClock)? {
+        let next = bot
+            .next_post
+            .map(posting::stamp)
+            .unwrap_or_else(|| "-".to_string());
+        println!("  {}: {} queued, next post {next}", bot.name, bot.queued);
+    }
+    if !s.log_tail.is_empty() {
+        println!("log ({}):", crate::app::service::log_path(home).display());
+        for l in &s.log_tail {
+            println!("  {l}");
+        }
+    }
+    Ok(())
 }
 
 /// Runs `aviary auth`.
@@ -271,14 +329,21 @@ pub fn post_now(config: &Config, home: &Home, a: PostNowArgs) -> Result<()> {
     }
 }
 
-/// Runs `aviary schedule ...`.
-pub fn schedule(config: &Config, home: &Home, a: ScheduleArgs) -> Result<()> {
+/// Runs `aviary schedule ...`; `config_path` is the `--config` given, for the service.
+pub fn schedule(
+    config: &Config,
+    config_path: Option<&Path>,
+    home: &Home,
+    a: ScheduleArgs,
+) -> Result<()> {
+    use crate::app::service;
     let mut store = home.open_store()?;
     match a.command {
         ScheduleCommand::Run {
             bots,
             dry_run,
             once,
+            log: log_file,
         } => {
             let setup = PostingSetup {
                 home,
@@ -287,11 +352,72 @@ pub fn schedule(config: &Config, home: &Home, a: ScheduleArgs) -> Result<()> {
             };
             let stop = stop_flag()?;
             let opts = RunOptions { bots, once };
-            posting::run_scheduler(&setup, &mut store, &opts, &SystemClock, &stop, &mut log)?;
+            let mut file = log_file
+                .as_deref()
+                .map(service::RotatingLog::open)
+                .transpose()?;
+            let mut say = |line: String| match &mut file {
+                // A log that cannot be written must not stop the posting; stderr says so.
+                Some(f) => {
+                    if let Err(e) = f.line(&line) {
+                        eprintln!("{line}\n(log: {e})");
+                    }
+                }
+                None => print_line(&line),
+            };
+            let mut on = |e: PostEvent| say(format!("{} {e}", posting::stamp(Utc::now())));
+            let result =
+                posting::run_scheduler(&setup, &mut store, &opts, &SystemClock, &stop, &mut on);
+            if let Err(e) = &result {
+                say(format!("{} stopped: {e}", posting::stamp(Utc::now())));
+            }
+            result?;
             if stop.load(Ordering::Relaxed) {
-                log_line("stopped; nothing is left half-sent");
+                say(format!(
+                    "{} stopped; nothing is left half-sent",
+                    posting::stamp(Utc::now())
+                ));
             }
         }
+        ScheduleCommand::Start => {
+            let launch = service::Launch::current(config_path, home)?;
+            let s = service::start(home, &launch)?;
+            let (pid, _) = s.pid.expect("a started service has its pid");
+            println!(
+                "scheduler started (process {pid}); log: {}",
+                service::log_path(home).display()
+            );
+            print_status(config, home, &store, &s)?;
+        }
+        ScheduleCommand::Stop => {
+            service::stop(home, std::time::Duration::from_secs(120))?;
+            println!("scheduler stopped; nothing is left half-sent");
+        }
+        ScheduleCommand::Status => {
+            let s = service::status(home, 10)?;
+            print_status(config, home, &store, &s)?;
+        }
+        ScheduleCommand::Install => {
+            let launch = service::Launch::current(config_path, home)?;
+            let path = service::install(&launch, home)?;
+            println!("wrote {}", path.display());
+            println!("enable and start it:  systemctl --user daemon-reload && systemctl --user enable --now {}", service::UNIT_NAME);
+            println!("to run it while you are logged out (a server): loginctl enable-linger $USER");
+            println!(
+                "see it:  systemctl --user status {}; aviary schedule status",
+                service::UNIT_NAME
+            );
+        }
+        ScheduleCommand::Uninstall => match service::uninstall()? {
+            Some(path) => {
+                println!("removed {}", path.display());
+                println!(
+                    "stop it if it runs:  systemctl --user disable --now {}",
+                    service::UNIT_NAME
+                );
+            }
+            None => println!("no unit was installed"),
+        },
         ScheduleCommand::Show { bot, date } => {
             let (s, slots, tz) = posting::day_plan(config, &store, &bot, date, &SystemClock)?;
             println!(
@@ -330,8 +456,4 @@ pub fn schedule(config: &Config, home: &Home, a: ScheduleArgs) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn log_line(s: &str) {
-    println!("{} {s}", posting::stamp(Utc::now()));
 }

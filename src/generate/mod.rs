@@ -17,10 +17,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::score::log_softmax_at;
 use crate::model::{StepState, StepWeights, TweetScore, Vocab, EOT, UNK};
+use crate::tweet_len::char_weight;
 use crate::{Error, Result};
 
-/// The most characters a tweet may have.
-pub const MAX_TWEET_CHARS: usize = 280;
+/// The most a tweet may have, by X's weighted length (see [`crate::tweet_len`]).
+pub const MAX_TWEET_CHARS: usize = crate::tweet_len::MAX_WEIGHTED;
 
 /// How to sample.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -33,7 +34,8 @@ pub struct SampleConfig {
     pub top_k: usize,
     /// Sample only among the most likely characters whose probabilities add up to p (1: all).
     pub top_p: f64,
-    /// Stop a candidate at this many characters (priming text included), at most 280.
+    /// Stop a candidate at this weighted length (X's count: most characters 1, emoji and CJK
+    /// 2; priming text included), at most 280.
     pub max_chars: usize,
 }
 
@@ -148,7 +150,7 @@ pub fn generate(
     seed: u64,
 ) -> Result<Vec<Sample>> {
     cfg.validate()?;
-    let prime_chars = prime.chars().count();
+    let prime_chars: usize = prime.chars().map(char_weight).sum();
     if prime_chars >= cfg.max_chars {
         return Err(Error::invalid(
             format!(
@@ -201,7 +203,7 @@ pub fn generate(
                 match vocab.char(id) {
                     Some(c) => {
                         sample.text.push(c);
-                        len[s] += 1;
+                        len[s] += char_weight(c);
                         done[s] = len[s] >= cfg.max_chars;
                     }
                     None => {

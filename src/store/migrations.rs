@@ -89,9 +89,15 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX queue_bot_status ON queue(bot_id, status, position);
     CREATE INDEX queue_text ON queue(text);
     "#,
-    // 3: each candidate's ranking score, and what it was computed from (JSON).
+    // 3: each candidate's ranking score, and what it was computed from (JSON); per queue
+    // entry when it was queued (a bot that never posted is due from then) and first claimed
+    // (how far back its tweet may be on X's timeline).
     r#"
     ALTER TABLE candidates ADD COLUMN score REAL;
     ALTER TABLE candidates ADD COLUMN quality TEXT;
+    ALTER TABLE queue ADD COLUMN queued_at TEXT;
+    ALTER TABLE queue ADD COLUMN first_claimed_at TEXT;
+    UPDATE queue SET queued_at = updated_at;
+    UPDATE queue SET first_claimed_at = sending_since WHERE sending_since IS NOT NULL;
     "#,
 ];

@@ -92,11 +92,16 @@ pub struct QueueRow {
     pub next_attempt_at: Option<String>,
     /// When it was posted.
     pub posted_at: Option<String>,
+    /// When it was queued (RFC 3339; entries queued before this was kept: their last change).
+    pub queued_at: Option<String>,
+    /// When it was first claimed for sending, if it ever was.
+    pub first_claimed_at: Option<String>,
 }
 
 const QUEUE_COLUMNS: &str = "SELECT q.id, q.bot_id, b.name, q.candidate_id, q.text, q.position,
     q.status, q.planned_at, q.posted_tweet_id, q.error, q.attempts, q.sending_since,
-    q.next_attempt_at, q.posted_at FROM queue q JOIN bots b ON b.id = q.bot_id";
+    q.next_attempt_at, q.posted_at, q.queued_at, q.first_claimed_at
+    FROM queue q JOIN bots b ON b.id = q.bot_id";
 
 /// Sending first, then waiting entries in order, then failed, then the most recent posts.
 const QUEUE_ORDER: &str = "ORDER BY b.name,
@@ -119,6 +124,8 @@ fn queue_row(r: &rusqlite::Row) -> rusqlite::Result<QueueRow> {
         sending_since: r.get(11)?,
         next_attempt_at: r.get(12)?,
         posted_at: r.get(13)?,
+        queued_at: r.get(14)?,
+        first_claimed_at: r.get(15)?,
     })
 }
 
@@ -159,6 +166,15 @@ impl Store {
         )?)
     }
 
+    /// When the earliest entry now queued for `bot` was queued.
+    pub fn first_queued_at(&self, bot: BotId) -> Result<Option<String>> {
+        Ok(self.conn.query_row(
+            "SELECT min(queued_at) FROM queue WHERE bot_id = ?1 AND status = 'queued'",
+            [bot],
+            |r| r.get(0),
+        )?)
+    }
+
     /// When `bot` last posted.
     pub fn last_posted_at(&self, bot: BotId) -> Result<Option<String>> {
         Ok(self.conn.query_row(
@@ -180,10 +196,10 @@ impl Writer<'_> {
     /// Adds `text` at the end of `bot`'s queue; returns the entry's id.
     pub fn enqueue(&self, bot: BotId, candidate: Option<i64>, text: &str) -> Result<i64> {
         self.tx.execute(
-            "INSERT INTO queue (bot_id, candidate_id, text, position, status, updated_at)
+            "INSERT INTO queue (bot_id, candidate_id, text, position, status, updated_at, queued_at)
              VALUES (?1, ?2, ?3,
                      (SELECT coalesce(max(position), 0) + 1 FROM queue WHERE bot_id = ?1),
-                     'queued', ?4)",
+                     'queued', ?4, ?4)",
             params![bot, candidate, text, self.now],
         )?;
         Ok(self.tx.last_insert_rowid())
@@ -245,6 +261,7 @@ impl Writer<'_> {
     pub fn claim(&self, id: i64, at: &str) -> Result<bool> {
         Ok(self.tx.execute(
             "UPDATE queue SET status = 'sending', sending_since = ?2, attempts = attempts + 1,
+                 first_claimed_at = coalesce(first_claimed_at, ?2),
                  next_attempt_at = NULL, updated_at = ?3
              WHERE id = ?1 AND status = 'queued'",
             params![id, at, self.now],
@@ -253,11 +270,22 @@ impl Writer<'_> {
 
     /// sending → posted as tweet `tweet_id`.
     pub fn mark_posted(&self, id: i64, tweet_id: &str, at: &str) -> Result<bool> {
+        self.mark_posted_noting(id, Some(tweet_id), at, None)
+    }
+
+    /// sending → posted, as tweet `tweet_id` when known, with a note (why the id is unknown).
+    pub fn mark_posted_noting(
+        &self,
+        id: i64,
+        tweet_id: Option<&str>,
+        at: &str,
+        note: Option<&str>,
+    ) -> Result<bool> {
         Ok(self.tx.execute(
             "UPDATE queue SET status = 'posted', posted_tweet_id = ?2, posted_at = ?3,
-                 error = NULL, next_attempt_at = NULL, updated_at = ?4
+                 error = ?5, next_attempt_at = NULL, updated_at = ?4
              WHERE id = ?1 AND status = 'sending'",
-            params![id, tweet_id, at, self.now],
+            params![id, tweet_id, at, self.now, note],
         )? == 1)
     }
 

@@ -84,6 +84,8 @@ pub enum Action {
     Remove,
     /// Post the selected queue entry now.
     PostNow,
+    /// Start the scheduler service, or stop it.
+    ToggleScheduler,
 }
 
 /// One binding.
@@ -270,6 +272,14 @@ pub const KEYMAP: &[Binding] = &[
         "P",
         "post the entry now",
         Some("post-now 1"),
+    ),
+    key(
+        Some(Queue),
+        KeyCode::Char('S'),
+        Action::ToggleScheduler,
+        "S",
+        "start or stop the scheduler (runs on when aviary quits)",
+        Some("schedule start"),
     ),
     key(None, KeyCode::Char('j'), Action::Down, "j/↓", "down", None),
     key(None, KeyCode::Down, Action::Down, "↓", "down", None),

@@ -41,6 +41,8 @@ pub struct App {
     /// Reviews to undo: candidate id and the review that restores it.
     undo: Vec<(i64, Review)>,
     quit_after_training: bool,
+    /// The `--config` file, for the scheduler service the app starts.
+    config_path: Option<std::path::PathBuf>,
     /// Set when the app should end.
     pub quit: bool,
 }
@@ -61,6 +63,7 @@ impl App {
             cancel: Arc::new(AtomicBool::new(false)),
             undo: Vec::new(),
             quit_after_training: false,
+            config_path: None,
             quit: false,
         };
         app.state.temperature = app.config.generate.temperature;
@@ -73,6 +76,11 @@ impl App {
             ));
         }
         Ok(app)
+    }
+
+    /// The `--config` file the scheduler service started from the app is to read.
+    pub fn set_config_path(&mut self, path: Option<std::path::PathBuf>) {
+        self.config_path = path;
     }
 
     fn setup(&self) -> PostingSetup<'_> {
@@ -100,11 +108,13 @@ impl App {
         self.state.candidates = cands::list(&self.store, &bot.name, None)?;
         // The selected bot's queue, from the same read as the bots list.
         let q = queues.swap_remove(self.state.bot_sel);
-        let scheduler = if posting::PostingLock::is_held(&self.home) {
-            "scheduler running"
+        let service = app::service::status(&self.home, 1)?;
+        let scheduler = if service.running {
+            "scheduler running (S stops it)"
         } else {
-            "scheduler not running: start it with `aviary schedule run`"
+            "scheduler not running: S starts it"
         };
+        self.state.scheduler_log = service.log_tail.into_iter().next();
         let next = q
             .planned
             .first()
@@ -118,7 +128,18 @@ impl App {
             q.posts_per_day,
             q.cost_per_day
         );
-        self.state.queue = q.entries;
+        // Each queued entry's time from the scheduler's own plan, in queue order.
+        let mut planned = q.planned.iter();
+        self.state.queue = q
+            .entries
+            .into_iter()
+            .map(|mut e| {
+                if e.status == app::QueueStatus::Queued {
+                    e.planned_at = planned.next().map(|t| posting::stamp(*t));
+                }
+                e
+            })
+            .collect();
         self.state.clamp();
         Ok(())
     }
@@ -291,7 +312,7 @@ impl App {
                         purpose: InputPurpose::EditCandidate(c.id),
                         prompt: format!("Edit #{}", c.id),
                         text: c.edited_text.clone().unwrap_or(c.text.clone()),
-                        limit: Some(crate::generate::MAX_TWEET_CHARS),
+                        limit: Some(crate::app::MAX_TWEET_LENGTH),
                     })
                 }
             }
@@ -339,6 +360,21 @@ impl App {
                     Ok(())
                 });
             }
+            Action::ToggleScheduler => self.attempt(|a| {
+                use app::service;
+                if service::status(&a.home, 0)?.running {
+                    service::stop(&a.home, Duration::from_secs(120))?;
+                    a.state.say("scheduler stopped");
+                } else {
+                    let launch = service::Launch::current(a.config_path.as_deref(), &a.home)?;
+                    let st = service::start(&a.home, &launch)?;
+                    let pid = st.pid.map_or(0, |p| p.0);
+                    a.state.say(format!(
+                        "scheduler started (process {pid}): it runs on when aviary quits; S stops it"
+                    ));
+                }
+                Ok(())
+            }),
             Action::PostNow => {
                 let Some(e) = s.queue_entry().cloned() else {
                     return;
@@ -585,8 +621,9 @@ impl App {
 }
 
 /// Runs the TUI until the user quits.
-pub fn run(home: Home, config: Config) -> Result<()> {
+pub fn run(home: Home, config: Config, config_path: Option<std::path::PathBuf>) -> Result<()> {
     let mut app = App::new(home, config)?;
+    app.set_config_path(config_path);
     // Raw mode, alternate screen, and a panic hook that puts the terminal back first.
     let mut terminal = ratatui::init();
     let result = main_loop(&mut terminal, &mut app);

@@ -155,6 +155,8 @@ pub struct State {
     pub prime: String,
     /// The selected bot's queue.
     pub queue: Vec<QueueRow>,
+    /// The scheduler service's last log line.
+    pub scheduler_log: Option<String>,
     /// The selected queue entry's index.
     pub queue_sel: usize,
     /// Where the selected bot's posts go, and how the scheduler runs.
@@ -186,6 +188,7 @@ impl Default for State {
             temperature: 0.8,
             prime: String::new(),
             queue: Vec::new(),
+            scheduler_log: None,
             queue_sel: 0,
             posting_line: String::new(),
             help: false,

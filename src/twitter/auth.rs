@@ -8,7 +8,7 @@ use std::time::Duration;
 use egg_mode::raw::auth::{Method, RequestBuilder};
 use egg_mode::KeyPair;
 
-use super::client::{check, normalize_base_url, runtime, send};
+use super::client::{check, normalize_base_url, Agent};
 use super::credentials::{AccountKeys, AppKeys, Secret};
 use super::ApiError;
 use crate::Result;
@@ -32,7 +32,7 @@ pub fn begin(base: &str, app: &AppKeys, timeout: Duration) -> Result<PendingAuth
     let req = RequestBuilder::new(Method::POST, &format!("{base}/oauth/request_token"))
         .oauth_callback("oob")
         .request_keys(&consumer, None);
-    let form = form_answer(send(&runtime()?, req, timeout), 200)?;
+    let form = form_answer(Agent::new(timeout).send(req, None), 200)?;
     let token = field(&form, "oauth_token")?;
     let secret = field(&form, "oauth_token_secret")?;
     Ok(PendingAuth {
@@ -49,7 +49,7 @@ impl PendingAuth {
         let req = RequestBuilder::new(Method::POST, &format!("{}/oauth/access_token", self.base))
             .oauth_verifier(pin.trim())
             .request_keys(&self.consumer, Some(&self.request_token));
-        let form = form_answer(send(&runtime()?, req, timeout), 200)?;
+        let form = form_answer(Agent::new(timeout).send(req, None), 200)?;
         Ok(AccountKeys {
             access_token: Secret::new(field(&form, "oauth_token")?),
             access_secret: Secret::new(field(&form, "oauth_token_secret")?),

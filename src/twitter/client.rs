@@ -1,7 +1,9 @@
-//! [`XApi`] over HTTPS: requests signed with OAuth 1.0a by `egg_mode::raw` and sent by its
-//! hyper client (bundled webpki roots: no OpenSSL, no system CA store). egg-mode's own
-//! response helpers only read v1.1 error bodies, so answers are read here: status, headers
-//! and body, mapped to [`ApiError`].
+//! [`XApi`] over HTTPS: requests are built and signed with OAuth 1.0a by `egg_mode::raw`, and
+//! sent by `ureq` on current rustls (bundled webpki roots: no OpenSSL, no system CA store).
+//! Only the signature is taken from egg-mode's request (its method, URL and `Authorization`
+//! header): egg-mode's own client (hyper 0.14 on rustls 0.19, with open advisories) never
+//! sends a byte or reads one from the network. Answers are read here: status, headers and
+//! body, mapped to [`ApiError`].
 
 use std::time::Duration;
 
@@ -9,7 +11,6 @@ use chrono::{DateTime, TimeZone, Utc};
 use egg_mode::raw::auth::{Method, RequestBuilder};
 use egg_mode::raw::ParamList;
 use egg_mode::KeyPair;
-use hyper::{Body, Request};
 use serde::Deserialize;
 
 use super::credentials::BotKeys;
@@ -59,15 +60,89 @@ pub struct HttpApi {
     base: String,
     consumer: KeyPair,
     access: KeyPair,
-    timeout: Duration,
-    runtime: tokio::runtime::Runtime,
+    agent: Agent,
 }
 
-/// A whole answer: status, headers, body.
+/// A whole answer: status, headers (names in lower case), body.
 pub(crate) struct Answer {
     pub status: u16,
-    pub headers: hyper::HeaderMap,
+    pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// An HTTP(S) client that gives up on a call after `timeout` and returns every status as an
+/// answer (X's error bodies say what went wrong).
+#[derive(Clone)]
+pub(crate) struct Agent {
+    agent: ureq::Agent,
+    timeout: Duration,
+}
+
+impl Agent {
+    pub(crate) fn new(timeout: Duration) -> Agent {
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Agent { agent, timeout }
+    }
+
+    /// Sends what egg-mode signed (method, URL with its query, `Authorization` header), with
+    /// `body` (not part of the signature: JSON) when given, and reads the whole answer.
+    pub(crate) fn send(
+        &self,
+        signed: hyper::Request<hyper::Body>,
+        body: Option<serde_json::Value>,
+    ) -> std::result::Result<Answer, ApiError> {
+        let mut b = ureq::http::Request::builder()
+            .method(signed.method().as_str())
+            .uri(signed.uri().to_string());
+        if let Some(auth) = signed.headers().get("authorization") {
+            b = b.header("Authorization", auth.as_bytes());
+        }
+        let network = |e: ureq::Error| match e {
+            ureq::Error::Timeout(_) => ApiError::Timeout(self.timeout),
+            e => ApiError::Network(e.to_string()),
+        };
+        let built = |e: ureq::http::Error| ApiError::Network(format!("bad request: {e}"));
+        let mut resp = match body {
+            Some(json) => {
+                let req = b
+                    .header("Content-Type", "application/json; charset=UTF-8")
+                    .body(json.to_string())
+                    .map_err(built)?;
+                self.agent.run(req)
+            }
+            None => self.agent.run(b.body(()).map_err(built)?),
+        }
+        .map_err(network)?;
+        let headers = resp
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| {
+                Some((
+                    k.as_str().to_ascii_lowercase(),
+                    v.to_str().ok()?.to_string(),
+                ))
+            })
+            .collect();
+        let body = resp.body_mut().read_to_vec().map_err(network)?;
+        Ok(Answer {
+            status: resp.status().as_u16(),
+            headers,
+            body,
+        })
+    }
 }
 
 impl HttpApi {
@@ -83,8 +158,7 @@ impl HttpApi {
                 keys.account.access_token.expose().to_string(),
                 keys.account.access_secret.expose().to_string(),
             ),
-            timeout,
-            runtime: runtime()?,
+            agent: Agent::new(timeout),
         })
     }
 
@@ -101,7 +175,7 @@ impl HttpApi {
             b = b.with_query_params(p);
         }
         let req = b.request_keys(&self.consumer, Some(&self.access));
-        send(&self.runtime, req, self.timeout)
+        self.agent.send(req, None)
     }
 
     fn json<T: for<'de> Deserialize<'de>>(
@@ -113,54 +187,6 @@ impl HttpApi {
             .map_err(|e| ApiError::Malformed(format!("{e} in {}", snippet(&answer.body))))?;
         Ok((v, answer))
     }
-}
-
-/// A single-threaded runtime for one blocking call at a time: aviary's callers are
-/// synchronous (the scheduler commits each step to SQLite before the next).
-pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::io("<tokio runtime>", e))
-}
-
-/// Sends `req` and reads the whole answer within `timeout`.
-pub(crate) fn send(
-    rt: &tokio::runtime::Runtime,
-    req: Request<Body>,
-    timeout: Duration,
-) -> std::result::Result<Answer, ApiError> {
-    rt.block_on(async {
-        let fut = async {
-            let resp = egg_mode::raw::response_future(req)
-                .await
-                .map_err(|e| ApiError::Network(network_words(&e)))?;
-            let (parts, body) = resp.into_parts();
-            let body = hyper::body::to_bytes(body)
-                .await
-                .map_err(|e| ApiError::Network(network_words(&e)))?;
-            Ok(Answer {
-                status: parts.status.as_u16(),
-                headers: parts.headers,
-                body: body.to_vec(),
-            })
-        };
-        tokio::time::timeout(timeout, fut)
-            .await
-            .map_err(|_| ApiError::Timeout(timeout))?
-    })
-}
-
-/// hyper's words for a failure, with its cause ("connection closed before message completed").
-fn network_words(e: &hyper::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
 
 /// The first characters of a body, for messages (X's error bodies hold no secrets).
@@ -196,8 +222,8 @@ fn detail(body: &[u8]) -> String {
     }
 }
 
-fn header_u64(h: &hyper::HeaderMap, name: &str) -> Option<u64> {
-    h.get(name)?.to_str().ok()?.trim().parse().ok()
+fn header_u64(a: &Answer, name: &str) -> Option<u64> {
+    a.header(name)?.trim().parse().ok()
 }
 
 fn epoch(secs: Option<u64>) -> Option<DateTime<Utc>> {
@@ -216,10 +242,10 @@ pub(crate) fn check(a: &Answer, ok: u16) -> std::result::Result<(), ApiError> {
         403 if detail.to_lowercase().contains(DUPLICATE) => ApiError::Duplicate,
         403 => ApiError::Forbidden { detail },
         429 => {
-            let daily_remaining = header_u64(&a.headers, "x-user-limit-24hour-remaining");
+            let daily_remaining = header_u64(a, "x-user-limit-24hour-remaining");
             // A spent daily allowance outlasts the 15-minute window: wait for the later reset.
-            let window = epoch(header_u64(&a.headers, "x-rate-limit-reset"));
-            let daily = epoch(header_u64(&a.headers, "x-user-limit-24hour-reset"));
+            let window = epoch(header_u64(a, "x-rate-limit-reset"));
+            let daily = epoch(header_u64(a, "x-user-limit-24hour-reset"));
             let reset = match (daily_remaining, window, daily) {
                 (Some(0), w, Some(d)) => Some(w.map_or(d, |w| w.max(d))),
                 (_, w, d) => w.or(d),
@@ -260,15 +286,11 @@ impl XApi for HttpApi {
     fn post(&self, text: &str) -> std::result::Result<PostedTweet, ApiError> {
         let url = self.url("/2/tweets");
         // The JSON body is not part of the OAuth 1.0a signature (unlike a form body).
-        let req = egg_mode::raw::request_post_json(
-            &url,
-            &egg_mode::Token::Access {
-                consumer: self.consumer.clone(),
-                access: self.access.clone(),
-            },
-            serde_json::json!({ "text": text }),
-        );
-        let answer = send(&self.runtime, req, self.timeout)?;
+        let req = RequestBuilder::new(Method::POST, &url)
+            .request_keys(&self.consumer, Some(&self.access));
+        let answer = self
+            .agent
+            .send(req, Some(serde_json::json!({ "text": text })))?;
         let (d, _): (Data<PostedTweet>, _) = HttpApi::json(answer, 201)?;
         Ok(d.data)
     }
@@ -345,16 +367,12 @@ mod tests {
     }
 
     fn answer(status: u16, headers: &[(&str, &str)], body: &str) -> Answer {
-        let mut h = hyper::HeaderMap::new();
-        for (k, v) in headers {
-            h.insert(
-                hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
         Answer {
             status,
-            headers: h,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             body: body.as_bytes().to_vec(),
         }
     }

@@ -56,6 +56,7 @@ impl fmt::Display for Secret {
 
 /// The X app's consumer key pair.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AppKeys {
     /// API key.
     pub consumer_key: Secret,
@@ -65,6 +66,7 @@ pub struct AppKeys {
 
 /// One account's access token pair, and who it is.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AccountKeys {
     /// Access token.
     pub access_token: Secret,
@@ -87,8 +89,10 @@ pub struct BotKeys {
     pub account: AccountKeys,
 }
 
-/// The credentials file's contents (plus the environment's overrides once loaded).
+/// The credentials file's contents (plus the environment's overrides once loaded). Unknown
+/// sections and keys are refused: a `[bot.NAME]` typo must not quietly make a bot a dry run.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Credentials {
     /// The app's keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -118,16 +122,24 @@ impl Credentials {
             Err(e) => return Err(Error::io(path, e)),
         };
         check_private(path)?;
-        // toml's messages quote the offending line, which may hold a secret: name the place only.
+        // toml's full messages quote the offending line, which may hold a secret: name the
+        // place, and say what is wrong only where that names keys, never values.
         toml::from_str(&text).map_err(|e| {
             let at = e
                 .span()
-                .map(|s| format!(" at line {}", text[..s.start].lines().count().max(1)))
+                .map(|s| format!(" at line {}", text[..s.start].matches('\n').count() + 1))
                 .unwrap_or_default();
+            let message = e.message();
+            let what =
+                if message.starts_with("unknown field") || message.starts_with("missing field") {
+                    format!(": {message}")
+                } else {
+                    String::new()
+                };
             Error::invalid(
-                format!("credentials file {} is not valid{at}", path.display()),
+                format!("credentials file {} is not valid{at}{what}", path.display()),
                 "it takes [app] consumer_key, consumer_secret and [bots.NAME] access_token, \
-                 access_secret (see README, Posting)",
+                 access_secret, user_id, username (see README, Posting)",
             )
         })
     }
@@ -318,6 +330,39 @@ mod tests {
         let err = Credentials::read_file(&path).unwrap_err().to_string();
         assert!(
             err.contains("credentials.toml") && !err.contains("leaky"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_misspelt_section_or_key_is_refused_with_its_line_and_the_valid_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("credentials.toml");
+        let write = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            }
+        };
+        // `[bot.b1]` for `[bots.b1]`: the bot would silently be a dry run.
+        write("[app]\nconsumer_key = \"k\"\nconsumer_secret = \"s\"\n\n[bot.b1]\naccess_token = \"tok-secret\"\naccess_secret = \"x\"\n");
+        let err = Credentials::read_file(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("credentials.toml")
+                && err.contains("line 5")
+                && err.contains("unknown field `bot`")
+                && err.contains("`bots`")
+                && !err.contains("tok-secret"),
+            "{err}"
+        );
+        write("[bots.b1]\naccess_token = \"t\"\naccess_secret = \"x\"\nuserid = \"1\"\n");
+        let err = Credentials::read_file(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("line 4")
+                && err.contains("unknown field `userid`")
+                && err.contains("user_id"),
             "{err}"
         );
     }

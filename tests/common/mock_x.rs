@@ -56,6 +56,8 @@ pub struct State {
     pub nonces: HashSet<String>,
     /// Extra timeline for `--fetch` tests: (id, text), newest first, per user id.
     pub other_timeline: Vec<(String, String)>,
+    /// The timeline lags: this many of the newest posts are not on it yet.
+    pub timeline_lag: usize,
     next_id: u64,
 }
 
@@ -101,6 +103,26 @@ impl MockX {
     }
 
     /// Requests whose signature did not verify (must stay empty).
+    /// Posts `n` tweets as the account itself (outside aviary), `prefix 1`, `prefix 2`, ...
+    pub fn post_directly(&self, prefix: &str, n: usize) {
+        let mut s = self.state.lock().unwrap();
+        for k in 0..n {
+            s.next_id += 1;
+            let id = s.next_id.to_string();
+            let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            s.posts.push(Posted {
+                id,
+                text: format!("{prefix} {k}"),
+                at,
+            });
+        }
+    }
+
+    /// The newest `n` posts stay off the timeline (X's timeline lagging behind a post).
+    pub fn lag_timeline(&self, n: usize) {
+        self.state.lock().unwrap().timeline_lag = n;
+    }
+
     pub fn unsigned(&self) -> Vec<String> {
         self.state.lock().unwrap().unsigned.clone()
     }
@@ -310,7 +332,7 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
             let all: Vec<(String, String, String)> = {
                 let s = state.lock().unwrap();
                 if uid == USER_ID {
-                    s.posts.iter().rev().map(|p| (p.id.clone(), p.text.clone(), p.at.clone())).collect()
+                    s.posts.iter().rev().skip(s.timeline_lag).map(|p| (p.id.clone(), p.text.clone(), p.at.clone())).collect()
                 } else {
                     s.other_timeline.iter().map(|(i, t)| (i.clone(), t.clone(), now.clone())).collect()
                 }

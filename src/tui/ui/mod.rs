@@ -100,7 +100,8 @@ fn draw_input(f: &mut Frame, area: Rect, input: &super::state::Input) {
     let h = if editor { 9 } else { 5 };
     let r = centered(area, area.width.saturating_sub(4).max(20), h);
     f.render_widget(Clear, r);
-    let count = input.text.chars().count();
+    // Tweets are counted as X counts them; other prompts have no limit.
+    let count = crate::app::tweet_length(&input.text);
     let title = match input.limit {
         Some(l) => format!(" {} ({count}/{l}) ", input.prompt),
         None => format!(" {} ", input.prompt),
@@ -155,14 +156,14 @@ fn draw_confirm(f: &mut Frame, area: Rect, c: &super::state::Confirm) {
 
 /// The whole text of the selected tweet, wrapped, with its length: rows show only its start.
 pub fn preview(f: &mut Frame, area: Rect, title: &str, text: &str) {
-    let n = text.chars().count();
+    let n = crate::app::tweet_length(text);
     f.render_widget(
         Paragraph::new(text.to_string())
             .wrap(Wrap { trim: false })
             .block(
                 Block::bordered()
                     .title(title.to_string())
-                    .title_bottom(format!(" {n}/280 ")),
+                    .title_bottom(format!(" {n}/{} ", crate::app::MAX_TWEET_LENGTH)),
             ),
         area,
     );

@@ -14,7 +14,8 @@ use crate::tui::state::State;
 /// Draws the queue pane.
 pub fn draw(f: &mut Frame, area: Rect, s: &State) {
     let name = s.bot().map(|b| b.name.as_str()).unwrap_or("-");
-    let [info, list, preview] = Layout::vertical([
+    let [info, log, list, preview] = Layout::vertical([
+        Constraint::Length(1),
         Constraint::Length(1),
         Constraint::Min(3),
         Constraint::Length(6),
@@ -23,6 +24,12 @@ pub fn draw(f: &mut Frame, area: Rect, s: &State) {
     f.render_widget(
         Paragraph::new(Line::raw(format!(" {}", s.posting_line))),
         info,
+    );
+    let last = s.scheduler_log.as_deref().unwrap_or("(nothing logged yet)");
+    f.render_widget(
+        Paragraph::new(Line::raw(format!(" scheduler log: {last}")))
+            .style(Style::new().add_modifier(Modifier::DIM)),
+        log,
     );
     let block = Block::bordered().title(format!(" Queue: {name} "));
     if s.queue.is_empty() {
@@ -77,7 +84,7 @@ pub fn draw(f: &mut Frame, area: Rect, s: &State) {
     )
     .row_highlight_style(selected())
     .highlight_symbol("> ")
-    .block(block.title_bottom(" K/J move · r remove · P post now "));
+    .block(block.title_bottom(" K/J move · r remove · P post now · S scheduler "));
     let mut st = TableState::default().with_selected(Some(s.queue_sel));
     f.render_stateful_widget(table, list, &mut st);
     if let Some(e) = s.queue_entry() {
