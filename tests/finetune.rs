@@ -270,7 +270,8 @@ fn candidates_are_stored_new_and_never_copies() {
     ));
     let long = "x".repeat(281);
     let o = aviary(&home, &["candidates", "bakery", "--edit", &ids[2], &long]);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("1 to 280 characters"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("281 of 280"), "{err}");
     let o = aviary(&home, &["candidates", "bakery", "--approve", "999999"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("no candidate 999999"));
     let (approved, _) = ok(aviary(
@@ -606,7 +607,7 @@ fn a_bot_with_too_few_tweets_gets_a_hint_that_works() {
     let tmp = tempfile::tempdir().unwrap();
     let (home, base) = setup(tmp.path());
     let few = tmp.path().join("few.txt");
-    std::fs::write(&few, account_tweets(400)[..120].join("\n")).unwrap();
+    std::fs::write(&few, account_tweets(400)[..50].join("\n")).unwrap();
     ok(aviary(&home, &["bot", "new", "small"]));
     ok(aviary(&home, &["import", "small", few.to_str().unwrap()]));
     let o = aviary(&home, &["finetune", "small", "--from", &base]);

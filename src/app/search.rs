@@ -122,7 +122,8 @@ pub fn search(
             drop_rate: drop,
             batch_size: batch,
             rnn_size: rnn,
-            val_loss: outcome.best_val_loss,
+            // A trial cut off before its first validation is ranked by its last weights'.
+            val_loss: outcome.best_val_loss.or(outcome.last_val_loss),
             steps: outcome.steps,
             seconds: outcome.train_seconds,
             seconds_per_epoch: if epochs > 0.0 {

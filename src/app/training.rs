@@ -179,6 +179,9 @@ pub struct TrainOutcome {
     pub steps: u64,
     /// Best validation loss, nats/char.
     pub best_val_loss: Option<f64>,
+    /// The validation loss of the last weights (also when the run ended before its first
+    /// validation point), nats/char.
+    pub last_val_loss: Option<f64>,
     /// Validation history: (step, training loss, validation loss).
     pub history: Vec<(u64, f64, f64)>,
     /// Seconds of training in all.
@@ -359,6 +362,7 @@ fn run_trainer(
         checkpoint_dir: dir,
         steps: trainer.progress().step,
         best_val_loss: trainer.progress().best_val_loss,
+        last_val_loss: trainer.progress().last_val_loss,
         history: trainer.history().to_vec(),
         train_seconds: trainer.progress().train_seconds,
         steps_per_epoch: trainer.steps_per_epoch(),

@@ -797,6 +797,7 @@ impl<'a> Trainer<'a> {
             // interrupted run must take the same early-stopping decisions as one that never
             // stopped, so this one neither counts nor saves.
             let val = self.validate()?;
+            self.progress.last_val_loss = Some(val);
             let _ = events.send(TrainEvent::Validated {
                 step: self.progress.step,
                 val_loss: val,
