@@ -106,12 +106,12 @@ pub struct FinetuneConfig {
 impl Default for FinetuneConfig {
     fn default() -> Self {
         FinetuneConfig {
-            learning_rate: 1e-3,
+            learning_rate: 2e-3,
             batch_size: 128,
-            num_epochs: 20,
+            num_epochs: 8,
             val_every: 0,
-            patience: 3,
-            min_delta: 0.001,
+            patience: 2,
+            min_delta: 0.002,
             smoothing: 0.5,
             lr_decay: 0.5,
             lr_patience: 1,

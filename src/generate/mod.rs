@@ -42,7 +42,7 @@ pub struct SampleConfig {
 impl Default for SampleConfig {
     fn default() -> Self {
         SampleConfig {
-            temperature: 0.8,
+            temperature: 0.5,
             top_k: 0,
             top_p: 1.0,
             max_chars: MAX_TWEET_CHARS,

@@ -82,7 +82,7 @@ impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
             batch_size: 128,
-            seq_len: 32,
+            seq_len: 128,
             learning_rate: 1e-3,
             rms_alpha: 0.99,
             rms_eps: 1e-8,
