@@ -169,14 +169,15 @@ fn the_tui_fine_tunes_generates_and_queues_under_tmux() {
         row.split_whitespace().any(|w| w.contains(':')),
         "no planned time in {row:?}:\n{s}"
     );
-    assert!(s.contains("scheduler not running"), "{s}");
+    assert!(s.contains("scheduler log: (nothing logged yet)"), "{s}");
 
     // S starts the scheduler service; it runs on after aviary quits; S stops it.
     t.keys(&["S"]);
     t.wait("the service", 30, |s| {
         s.contains("scheduler started (process")
     });
-    t.wait("the refresh", 15, |s| s.contains("scheduler running"));
+    // The pane's log line shows what the service logged (the bot's route and next slot).
+    t.wait("the service's log", 15, |s| s.contains("scheduler log: 20"));
     assert!(home.join("scheduler.pid").exists());
     t.keys(&["S"]);
     t.wait("the stop", 60, |s| s.contains("scheduler stopped"));
