@@ -104,21 +104,58 @@ fn weights_that_do_not_match_the_card_are_refused() {
     assert!(e.contains("`out.bias` is missing"), "{e}");
 }
 
+/// A save that fails partway through writing (the process may write no more than half a
+/// weights file: RLIMIT_FSIZE, so each write past it fails with EFBIG) leaves the previous
+/// checkpoint as it was, loadable, and no temporary file behind.
+#[cfg(unix)]
 #[test]
-fn a_crash_mid_write_leaves_the_previous_checkpoint_loadable() {
-    let dir = tempfile::tempdir().unwrap();
-    good_checkpoint(dir.path());
-    let before = std::fs::read(dir.path().join(WEIGHTS_FILE)).unwrap();
-    // What a save killed mid-write leaves: a half-written temporary file beside the real one.
-    std::fs::write(
-        dir.path().join(format!(".{WEIGHTS_FILE}.999999.tmp")),
-        &before[..before.len() / 3],
-    )
-    .unwrap();
-    let ck = Checkpoint::load(dir.path(), &Device::Cpu).expect("previous checkpoint still loads");
+fn a_save_failing_mid_write_leaves_the_previous_checkpoint_loadable() {
+    use std::os::unix::process::CommandExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = common::corpus_file(tmp.path(), "tweets.txt", 300);
+    let dir = tmp.path().join("ck");
+    let train = |extra: &[&str]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_aviary"));
+        c.args(["train", "--corpus", corpus.to_str().unwrap(), "--checkpoint-dir"])
+            .arg(&dir)
+            .args(common::TINY)
+            .args(["--val-every", "1", "--patience", "0"])
+            .args(extra);
+        c
+    };
+    let o = train(&["--max-steps", "2"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let weights = std::fs::read(dir.join(WEIGHTS_FILE)).unwrap();
+    let card = std::fs::read(dir.join(CARD_FILE)).unwrap();
+    let limit = (weights.len() / 2) as libc::rlim_t;
+    let mut resumed = train(&["--restore", "--max-steps", "4"]);
+    // SAFETY: setrlimit and signal are async-signal-safe; this runs in the child before exec.
+    unsafe {
+        resumed.pre_exec(move || {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let lim = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let o = resumed.output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "the save should have failed: {err}");
+    assert!(err.contains(&dir.display().to_string()), "the file is named: {err}");
+    // The previous checkpoint: the same bytes, and it loads.
+    assert_eq!(std::fs::read(dir.join(WEIGHTS_FILE)).unwrap(), weights);
+    assert_eq!(std::fs::read(dir.join(CARD_FILE)).unwrap(), card);
+    let ck = Checkpoint::load(&dir, &Device::Cpu).expect("previous checkpoint still loads");
     assert_eq!(ck.card.model, common::tiny_model());
-    assert_eq!(
-        std::fs::read(dir.path().join(WEIGHTS_FILE)).unwrap(),
-        before
-    );
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
 }

@@ -187,14 +187,22 @@ fn bad_checkpoint_and_bad_corpus_get_clear_errors() {
         "{stderr}"
     );
 
+    // A sampling setting out of range, on a checkpoint that loads: the message names it.
+    let corpus = common::corpus_file(tmp.path(), "tweets.txt", 300);
+    let good = tmp.path().join("good");
+    let mut args = small_train_args(corpus.to_str().unwrap(), good.to_str().unwrap());
+    args.extend(["--max-steps", "2"]);
+    assert!(aviary(&args).status.success());
     let out = aviary(&[
         "generate",
         "--checkpoint",
-        ck.to_str().unwrap(),
+        good.to_str().unwrap(),
         "--top-p",
         "2",
     ]);
+    let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2));
+    assert!(stderr.contains("top-p 2") && stderr.contains("HINT"), "{stderr}");
 }
 
 fn signal(pid: u32, sig: &str) {
@@ -232,6 +240,7 @@ fn kill_during_saves_leaves_a_loadable_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let corpus = common::corpus_file(tmp.path(), "tweets.txt", 300);
     let dir = tmp.path().join("ck");
+    let mut loaded = 0;
     for (k, wait_ms) in [700u64, 910, 1130, 1370, 1590].into_iter().enumerate() {
         let child = spawn_training(corpus.to_str().unwrap(), &dir);
         std::thread::sleep(Duration::from_millis(wait_ms));
@@ -246,8 +255,11 @@ fn kill_during_saves_leaves_a_loadable_checkpoint() {
             continue; // killed before the first save
         }
         Checkpoint::load(&dir, &Device::Cpu).unwrap_or_else(|e| panic!("after kill {k}: {e}"));
+        loaded += 1;
         std::fs::remove_dir_all(&dir).unwrap();
     }
+    // Kills that all land before the first save would test nothing.
+    assert!(loaded >= 2, "only {loaded} of 5 kills came after a save");
 }
 
 /// Ctrl-C stops training after the current step, saves, and says how to continue.

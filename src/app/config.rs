@@ -161,6 +161,17 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// Every `section.key` of a TOML table.
+    fn keys(v: &toml::Value) -> std::collections::BTreeSet<String> {
+        let mut out = std::collections::BTreeSet::new();
+        for (section, table) in v.as_table().expect("a table") {
+            for key in table.as_table().expect("sections are tables").keys() {
+                out.insert(format!("{section}.{key}"));
+            }
+        }
+        out
+    }
+
     #[test]
     fn shipped_file_states_the_defaults() {
         let shipped: Config = toml::from_str(DEFAULT_TOML).expect("config/aviary.toml parses");
@@ -169,6 +180,13 @@ mod tests {
             Config::default(),
             "config/aviary.toml and the code disagree"
         );
+        // Serde fills a missing key with its default, so equal values cannot see a deleted
+        // line: the file must also state every key there is, and no other.
+        let in_file = keys(&toml::from_str(DEFAULT_TOML).unwrap());
+        let in_code = keys(&toml::Value::try_from(Config::default()).unwrap());
+        let missing: Vec<_> = in_code.difference(&in_file).collect();
+        assert!(missing.is_empty(), "config/aviary.toml lacks {missing:?}");
+        assert_eq!(in_file, in_code);
     }
 
     #[test]
