@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
 
 use aviary::model::Checkpoint;
-use aviary::train::{StopReason, TrainEvent, Trainer};
+use aviary::train::{BatchStream, CorpusRules, Split, StopReason, StreamSpec, TrainEvent, Trainer};
 use candle_core::{Device, Tensor};
 use common::{tiny_model, tiny_train, Lines};
 
@@ -35,7 +35,7 @@ fn run(trainer: &mut Trainer) -> (StopReason, Vec<TrainEvent>) {
 #[test]
 fn interrupted_and_resumed_run_ends_with_identical_weights() {
     let source = Lines(common::tweets(80));
-    let total = 40;
+    let total = 60;
     let straight_dir = tempfile::tempdir().unwrap();
     let mut config = tiny_train();
     config.max_steps = total;
@@ -50,7 +50,7 @@ fn interrupted_and_resumed_run_ends_with_identical_weights() {
     .unwrap();
     let per_epoch = straight.steps_per_epoch();
     assert!(
-        per_epoch < 25,
+        per_epoch < 40,
         "the fixture must make the run cross an epoch boundary ({per_epoch} steps/epoch)"
     );
     let (reason, events) = run(&mut straight);
@@ -110,8 +110,9 @@ fn training_lowers_validation_loss_and_stops_early() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = tiny_train();
     config.num_epochs = 200;
+    // Stop after two validations that improve on nothing: the last weights are not the best.
     config.patience = 2;
-    config.min_delta = 0.05;
+    config.min_delta = 0.0;
     let mut t = Trainer::new(&source, dir.path(), tiny_model(), config, Device::Cpu).unwrap();
     let (reason, events) = run(&mut t);
     let vals: Vec<f64> = events
@@ -142,5 +143,37 @@ fn training_lowers_validation_loss_and_stops_early() {
         (card_best - best).abs() < 1e-9,
         "card best {card_best} vs events best {best}"
     );
-    let _ = model;
+    // And the saved weights are those weights: on the validation batches the trainer reads,
+    // they give the best loss recorded (the last weights of an early-stopped run do not).
+    let config = tiny_train();
+    let spec = StreamSpec {
+        split: Split::Validation,
+        val_fraction: config.val_fraction,
+        rules: CorpusRules::default(),
+        batch: config.batch_size,
+        seq_len: config.seq_len,
+        shuffle_windows: 1,
+        seed: 0,
+        keep_partial: true,
+    };
+    let (mut sum, mut n) = (0f64, 0f64);
+    for b in BatchStream::new(&source, &ck.card.vocab, spec)
+        .unwrap()
+        .take(config.val_batches)
+    {
+        let b = b.unwrap();
+        let shape = (b.seq_len, b.batch);
+        let x = Tensor::from_vec(b.inputs, shape, &Device::Cpu).unwrap();
+        let y = Tensor::from_vec(b.targets, shape, &Device::Cpu).unwrap();
+        let loss = model.loss(&x, &y, None).unwrap().to_scalar::<f32>().unwrap() as f64;
+        let chars = (b.batch * b.seq_len) as f64;
+        (sum, n) = (sum + loss * chars, n + chars);
+    }
+    let saved = sum / n;
+    assert!(
+        (saved - card_best).abs() < 1e-5,
+        "the saved weights give {saved}, the best recorded was {card_best}"
+    );
+    let last = *vals.last().unwrap();
+    assert!(last > card_best + 1e-6, "the run ended on its best: the check above proves nothing");
 }
