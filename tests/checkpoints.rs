@@ -116,11 +116,16 @@ fn a_save_failing_mid_write_leaves_the_previous_checkpoint_loadable() {
     let dir = tmp.path().join("ck");
     let train = |extra: &[&str]| {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_aviary"));
-        c.args(["train", "--corpus", corpus.to_str().unwrap(), "--checkpoint-dir"])
-            .arg(&dir)
-            .args(common::TINY)
-            .args(["--val-every", "1", "--patience", "0"])
-            .args(extra);
+        c.args([
+            "train",
+            "--corpus",
+            corpus.to_str().unwrap(),
+            "--checkpoint-dir",
+        ])
+        .arg(&dir)
+        .args(common::TINY)
+        .args(["--val-every", "1", "--patience", "0"])
+        .args(extra);
         c
     };
     let o = train(&["--max-steps", "2"]).output().unwrap();
@@ -145,8 +150,15 @@ fn a_save_failing_mid_write_leaves_the_previous_checkpoint_loadable() {
     }
     let o = resumed.output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "the save should have failed: {err}");
-    assert!(err.contains(&dir.display().to_string()), "the file is named: {err}");
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "the save should have failed: {err}"
+    );
+    assert!(
+        err.contains(&dir.display().to_string()),
+        "the file is named: {err}"
+    );
     // The previous checkpoint: the same bytes, and it loads.
     assert_eq!(std::fs::read(dir.join(WEIGHTS_FILE)).unwrap(), weights);
     assert_eq!(std::fs::read(dir.join(CARD_FILE)).unwrap(), card);

@@ -202,7 +202,10 @@ fn bad_checkpoint_and_bad_corpus_get_clear_errors() {
     ]);
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr.contains("top-p 2") && stderr.contains("HINT"), "{stderr}");
+    assert!(
+        stderr.contains("top-p 2") && stderr.contains("HINT"),
+        "{stderr}"
+    );
 }
 
 fn signal(pid: u32, sig: &str) {

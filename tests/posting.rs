@@ -959,3 +959,212 @@ fn schedule_install_writes_a_user_unit_and_uninstall_removes_it() {
     assert!(o.status.success());
     assert!(!unit.exists());
 }
+
+// README's posting promises, each checked.
+
+/// A bot's token from the environment wins over the file's, and only for that bot.
+#[test]
+fn per_bot_token_variables_override_the_file_for_their_bot_only() {
+    let mock = MockX::start();
+    let env = setup(&mock, false);
+    use std::os::unix::fs::PermissionsExt;
+    let path = env.home.path().join("credentials.toml");
+    let mut text = format!(
+        "[app]\nconsumer_key = \"{}\"\nconsumer_secret = \"{}\"\n",
+        mock_x::CONSUMER_KEY,
+        mock_x::CONSUMER_SECRET
+    );
+    for bot in ["b", "c"] {
+        text.push_str(&format!(
+            "[bots.{bot}]\naccess_token = \"stale-token\"\naccess_secret = \"stale-secret\"\n"
+        ));
+    }
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let b = env.queue_id("b", "signed with the environment's token");
+    let c = env.queue_id("c", "signed with the file's stale token");
+    let with_env = |args: &[&str]| {
+        let o = env
+            .cmd(args)
+            .env("AVIARY_X_ACCESS_TOKEN_B", mock_x::ACCESS_TOKEN)
+            .env("AVIARY_X_ACCESS_SECRET_B", mock_x::ACCESS_SECRET)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        no_secrets(&all);
+        (o.status.success(), all)
+    };
+    let (ok, out) = with_env(&["post-now", &b]);
+    assert!(ok, "{out}");
+    assert_eq!(mock.posts().len(), 1);
+    // Bot c's variables are not set: the file's stale token is used, and refused.
+    let (ok, out) = with_env(&["post-now", &c]);
+    assert!(!ok && out.contains("401"), "{out}");
+    assert_eq!(mock.posts().len(), 1);
+}
+
+/// Tokens never reach the database (nor its write-ahead log).
+#[test]
+fn no_secret_reaches_the_database() {
+    let mock = MockX::start();
+    let env = setup(&mock, true);
+    let id = env.queue_id("b", "a post that touches every table");
+    env.ok(&["post-now", &id]);
+    let (ok, out) = env.auth("c", "1234567");
+    assert!(ok, "{out}");
+    for f in std::fs::read_dir(env.home.path()).unwrap() {
+        let p = f.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().to_string();
+        if !name.starts_with("aviary.db") {
+            continue;
+        }
+        let bytes = std::fs::read(&p).unwrap();
+        for secret in mock_x::SECRETS.iter().chain([&mock_x::ACCESS_TOKEN]) {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{secret} is in {name}"
+            );
+        }
+    }
+}
+
+/// 403 for another reason than a duplicate (a read-only app): the bot stops for the run, its
+/// tweet waits, another bot goes on posting.
+#[test]
+fn a_forbidden_post_stops_that_bot_for_the_run() {
+    let mock = MockX::start();
+    let env = setup(&mock, true);
+    env.queue_id("b", "from a read-only app");
+    env.queue_id("b", "the next one of b");
+    mock.script(&[Answer::Forbidden]);
+    let d = env.daemon(None);
+    d.wait_for("the stop", |l| l.contains("b: posting stopped"));
+    env.queue_id("c", "c goes on");
+    d.wait_for("c's post", |_| mock.posts().len() == 1);
+    std::thread::sleep(Duration::from_millis(1500));
+    let log = d.stop();
+    assert_eq!(mock.post_requests(), 2, "b is not tried again: {log}");
+    assert_eq!(mock.posts()[0].text, "c goes on");
+    let list = env.ok(&["queue", "list", "b"]);
+    assert_eq!(list.matches(" queued ").count(), 2, "{list}");
+    assert!(log.contains("Read and write"), "the hint: {log}");
+}
+
+/// A spent 24-hour allowance: the bot waits for the day's reset, not the 15-minute window's.
+#[test]
+fn a_spent_daily_allowance_waits_for_the_daily_reset() {
+    let mock = MockX::start();
+    let env = setup(&mock, true);
+    env.queue_id("b", "too many today");
+    mock.script(&[Answer::RateLimitedDaily {
+        window_in_secs: 60,
+        day_in_secs: 7200,
+    }]);
+    let d = env.daemon(None);
+    d.wait_for("the wait", |l| l.contains("rate limited; waiting until"));
+    let log = d.stop();
+    let line = log.lines().find(|l| l.contains("waiting until")).unwrap();
+    // "... waiting until 2026-...Z": about two hours from now, not one minute.
+    let until = line
+        .split("until ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    let until = chrono::DateTime::parse_from_rfc3339(until).unwrap();
+    let ahead = until.timestamp() - chrono::Utc::now().timestamp();
+    assert!((7000..=7300).contains(&ahead), "waits {ahead} s: {line}");
+    assert_eq!(mock.posts().len(), 0);
+}
+
+/// Server errors until `max_attempts` sends: the entry ends failed, with the reason.
+#[test]
+fn max_attempts_of_server_errors_end_in_failed() {
+    let mock = MockX::start();
+    let env = setup(&mock, true);
+    env.queue_id("b", "never gets through");
+    mock.script(&[
+        Answer::Unavailable,
+        Answer::Unavailable,
+        Answer::Unavailable,
+        Answer::Unavailable,
+    ]);
+    let d = env.daemon(None);
+    d.wait_for("the failure", |l| l.contains("failed"));
+    let log = d.stop();
+    assert_eq!(mock.post_requests(), 3, "max_attempts = 3: {log}");
+    let list = env.ok(&["queue", "list", "b"]);
+    assert!(
+        list.contains(" failed ") && list.contains("gave up after 3 attempts"),
+        "{list}"
+    );
+}
+
+/// Slots missed while nothing ran are posted once, not once each.
+#[test]
+fn missed_slots_are_posted_once() {
+    let mock = MockX::start();
+    let env = setup(&mock, true);
+    for t in ["missed one", "missed two", "missed three"] {
+        env.queue_id("b", t);
+    }
+    // Slots every second: about three pass while nothing runs.
+    std::thread::sleep(Duration::from_millis(3500));
+    env.ok(&["schedule", "run", "--once", "--bot", "b"]);
+    assert_eq!(mock.posts().len(), 1, "{:?}", mock.posts());
+}
+
+/// After a lost answer, the timeline is read from ten minutes before the claim only.
+#[test]
+fn the_timeline_check_reads_back_to_the_claim_only() {
+    let mock = MockX::start();
+    let env = setup(&mock, true);
+    env.queue_id("b", "where did it go");
+    mock.script(&[Answer::CloseAfter]);
+    let before = chrono::Utc::now();
+    let d = env.daemon(None);
+    d.wait_for("the recovery", |l| l.contains("on the timeline as"));
+    d.stop();
+    let starts = mock.timeline_starts();
+    assert!(!starts.is_empty());
+    for s in starts {
+        let s = s.expect("every timeline read is bounded by start_time");
+        let t = chrono::DateTime::parse_from_rfc3339(&s).unwrap();
+        let back = before.timestamp() - t.timestamp();
+        assert!(
+            (590..=610).contains(&back),
+            "reads {back} s before the claim: {s}"
+        );
+    }
+}
+
+/// `queue list` prices a day and a month from the config's rates.
+#[test]
+fn queue_list_prices_the_posts() {
+    let mock = MockX::start();
+    let env = setup(&mock, false);
+    env.ok(&[
+        "schedule",
+        "set",
+        "b",
+        "every=",
+        "slots=09:00,13:00,18:00",
+        "daily_cap=3",
+        "quiet=",
+        "jitter=0",
+    ]);
+    env.queue_id("b", "no link here");
+    env.queue_id("b", "a link https://example.com/x");
+    // Half the queue has a link: 3 posts a day at (0.015 + 0.2) / 2 = $0.1075 each.
+    let out = env.ok(&["queue", "list", "b"]);
+    assert!(
+        out.contains("3 posts a day, about $0.32 a day, $9.68 a month"),
+        "{out}"
+    );
+}

@@ -165,7 +165,11 @@ fn training_lowers_validation_loss_and_stops_early() {
         let shape = (b.seq_len, b.batch);
         let x = Tensor::from_vec(b.inputs, shape, &Device::Cpu).unwrap();
         let y = Tensor::from_vec(b.targets, shape, &Device::Cpu).unwrap();
-        let loss = model.loss(&x, &y, None).unwrap().to_scalar::<f32>().unwrap() as f64;
+        let loss = model
+            .loss(&x, &y, None)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64;
         let chars = (b.batch * b.seq_len) as f64;
         (sum, n) = (sum + loss * chars, n + chars);
     }
@@ -175,5 +179,8 @@ fn training_lowers_validation_loss_and_stops_early() {
         "the saved weights give {saved}, the best recorded was {card_best}"
     );
     let last = *vals.last().unwrap();
-    assert!(last > card_best + 1e-6, "the run ended on its best: the check above proves nothing");
+    assert!(
+        last > card_best + 1e-6,
+        "the run ended on its best: the check above proves nothing"
+    );
 }

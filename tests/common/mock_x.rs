@@ -30,8 +30,16 @@ pub enum Answer {
     RateLimited {
         reset_in_secs: i64,
     },
+    /// 429 with the 24-hour allowance spent: the window resets in `window_in_secs`, the day
+    /// in `day_in_secs`.
+    RateLimitedDaily {
+        window_in_secs: i64,
+        day_in_secs: i64,
+    },
     Unavailable,
     Duplicate,
+    /// 403 for a reason other than a duplicate (a read-only app).
+    Forbidden,
     /// Never answers, and posts nothing.
     HangBefore,
     /// Posts it, then never answers.
@@ -58,6 +66,8 @@ pub struct State {
     pub other_timeline: Vec<(String, String)>,
     /// The timeline lags: this many of the newest posts are not on it yet.
     pub timeline_lag: usize,
+    /// The `start_time` of every read of the account's own timeline, as asked.
+    pub timeline_starts: Vec<Option<String>>,
     next_id: u64,
 }
 
@@ -116,6 +126,11 @@ impl MockX {
                 at,
             });
         }
+    }
+
+    /// The `start_time` of each read of the account's timeline so far.
+    pub fn timeline_starts(&self) -> Vec<Option<String>> {
+        self.state.lock().unwrap().timeline_starts.clone()
     }
 
     /// The newest `n` posts stay off the timeline (X's timeline lagging behind a post).
@@ -329,6 +344,9 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
             let qget = |k: &str| q.iter().find(|(a, _)| a == k).map(|(_, v)| v.clone());
             let max: usize = qget("max_results").and_then(|m| m.parse().ok()).unwrap_or(10);
             let from: usize = qget("pagination_token").and_then(|m| m.parse().ok()).unwrap_or(0);
+            if uid == USER_ID {
+                state.lock().unwrap().timeline_starts.push(qget("start_time"));
+            }
             let all: Vec<(String, String, String)> = {
                 let s = state.lock().unwrap();
                 if uid == USER_ID {
@@ -402,6 +420,20 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
                         r#"{"title":"Too Many Requests","detail":"Too Many Requests","type":"about:blank","status":429}"#,
                     )
                 }
+                Answer::RateLimitedDaily { window_in_secs, day_in_secs } => {
+                    let now = chrono::Utc::now().timestamp();
+                    respond(
+                        &mut w,
+                        429,
+                        &[
+                            ("x-rate-limit-reset", (now + window_in_secs).to_string()),
+                            ("x-user-limit-24hour-remaining", "0".into()),
+                            ("x-user-limit-24hour-reset", (now + day_in_secs).to_string()),
+                        ],
+                        r#"{"title":"Too Many Requests","detail":"Too Many Requests","type":"about:blank","status":429}"#,
+                    )
+                }
+                Answer::Forbidden => respond(&mut w, 403, &[], r#"{"title":"Forbidden","detail":"Your client app is not configured with the appropriate oauth1 app permissions for this endpoint.","type":"https://api.twitter.com/2/problems/oauth1-permissions","status":403}"#),
                 Answer::Unavailable => respond(&mut w, 503, &[], r#"{"title":"Service Unavailable","status":503}"#),
                 Answer::Duplicate => respond(&mut w, 403, &[], r#"{"detail":"You are not allowed to create a Tweet with duplicate content.","type":"about:blank","title":"Forbidden","status":403}"#),
                 Answer::HangBefore => std::thread::sleep(Duration::from_secs(3600)),
