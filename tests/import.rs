@@ -641,3 +641,59 @@ fn output_into_a_closed_pipe_ends_quietly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// The pre-2019 archive (Grailbird: `data/js/tweets/YYYY_MM.js`) and trumptwitterarchive's JSON
+/// array, from small fixtures written in their shapes (tests/fixtures), without ../shared.
+#[test]
+fn grailbird_and_trumptwitterarchive_fixtures_import() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut f = Fixture::new();
+    f.bot("grail");
+    let r = f
+        .import("grail", &[&fixtures.join("grailbird")], None)
+        .unwrap();
+    assert_eq!(r.formats, ["archive"], "{r:?}");
+    assert_eq!((r.read, r.kept), (4, 3), "{r:?}");
+    assert_eq!(r.dropped.values().sum::<u64>(), 1, "the retweet: {r:?}");
+    let kept = f.kept("grail");
+    assert!(
+        kept.contains(&"a reply, kept without its leading mention & decoded".to_string()),
+        "{kept:?}"
+    );
+    assert!(
+        kept.contains(&"May has a link in it".to_string()),
+        "{kept:?}"
+    );
+    assert_eq!(
+        (r.first.unwrap().to_rfc3339(), r.last.unwrap().to_rfc3339()),
+        (
+            "2015-04-01T12:00:00+00:00".to_string(),
+            "2015-05-03T09:30:00+00:00".to_string()
+        )
+    );
+    // Importing again adds nothing: the ids are known.
+    let again = f
+        .import("grail", &[&fixtures.join("grailbird")], None)
+        .unwrap();
+    assert_eq!((again.already_imported, again.kept), (4, 0), "{again:?}");
+
+    f.bot("tta");
+    let r = f
+        .import(
+            "tta",
+            &[&fixtures.join("trumptwitterarchive/tweets.json")],
+            None,
+        )
+        .unwrap();
+    assert_eq!(r.formats, ["api-v1"], "{r:?}");
+    assert_eq!((r.read, r.kept), (3, 2), "{r:?}");
+    let kept = f.kept("tta");
+    assert!(
+        kept.contains(
+            &"A hand-written tweet in the archive's own shape & its entities".to_string()
+        ),
+        "{kept:?}"
+    );
+    assert!(!kept.iter().any(|t| t.contains("retweet")), "{kept:?}");
+    assert_eq!(r.first.unwrap().to_rfc3339(), "2019-10-12T18:30:00+00:00");
+}

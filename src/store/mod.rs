@@ -750,6 +750,50 @@ mod tests {
     }
 
     #[test]
+    fn a_database_of_the_first_schema_migrates_with_its_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        {
+            // What the first aviary wrote: schema 1, one row in each table.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(migrations::MIGRATIONS[0]).unwrap();
+            c.pragma_update(None, "application_id", APPLICATION_ID)
+                .unwrap();
+            c.pragma_update(None, "user_version", 1).unwrap();
+            c.execute_batch(
+                "INSERT INTO bots (id, name, created_at, clean_policy) VALUES (1, 'old', '2026-11-01T00:00:00Z', '{}');
+                 INSERT INTO tweets (bot_id, tweet_key, raw_text, is_retweet, is_reply, source_format, text, kept)
+                     VALUES (1, 'k1', 'an old tweet', 0, 0, 'text', 'an old tweet', 1);
+                 INSERT INTO candidates (bot_id, created_at, text, sampling, novelty)
+                     VALUES (1, '2026-11-02T00:00:00Z', 'an old candidate', '{}', 0.9);
+                 INSERT INTO queue (bot_id, text, position, updated_at)
+                     VALUES (1, 'an old queued tweet', 1, '2026-11-03T00:00:00Z');",
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let v: i64 = store
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v as usize, SCHEMA_VERSION);
+        let bot = store.bot("old").unwrap().expect("the bot is still there");
+        assert_eq!(store.kept_tweets(bot.id, 0, 10).unwrap().len(), 1);
+        let c = store.candidates(bot.id).unwrap();
+        assert_eq!(
+            (c[0].text.as_str(), c[0].novelty, c[0].score),
+            ("an old candidate", Some(0.9), None)
+        );
+        let q = store.queue(Some(bot.id)).unwrap();
+        assert_eq!(q[0].text, "an old queued tweet");
+        assert_eq!(q[0].status, QueueStatus::Queued);
+        // Schema 2's defaults, and schema 3's backfill: queued when it last changed.
+        assert_eq!(q[0].attempts, 0);
+        assert_eq!(q[0].queued_at.as_deref(), Some("2026-11-03T00:00:00Z"));
+        assert_eq!(q[0].first_claimed_at, None);
+    }
+
+    #[test]
     fn migrates_an_empty_file_and_refuses_foreign_newer_and_corrupt_ones() {
         let dir = tempfile::tempdir().unwrap();
         // An empty file is an empty database: migrated.
