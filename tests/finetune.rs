@@ -157,6 +157,35 @@ fn an_interrupted_finetune_resumes_where_it_stopped() {
     ));
     assert!(err.contains("resuming at step 5"), "{err}");
     assert!(out.contains("finished at step 9"), "{out}");
+    // The same fine-tune without the interruption ends with the same weights, bit for bit.
+    let account = tmp.path().join("bakery.txt");
+    ok(aviary(&home, &["bot", "new", "straight"]));
+    ok(aviary(
+        &home,
+        &["import", "straight", account.to_str().unwrap()],
+    ));
+    ok(aviary(
+        &home,
+        &["finetune", "straight", "--from", &base, "--max-steps", "9"],
+    ));
+    let state = |bot: &str| {
+        let path = home.join(format!("bots/{bot}/model/state.safetensors"));
+        let (t, _) =
+            aviary::model::checkpoint::load_tensors(&path, &candle_core::Device::Cpu).unwrap();
+        let mut v: Vec<(String, Vec<f32>)> = t
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("weights."))
+            .map(|(k, t)| (k, t.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let (resumed, straight) = (state("bakery"), state("straight"));
+    assert!(!resumed.is_empty());
+    assert!(
+        resumed == straight,
+        "the resumed fine-tune's weights differ from the straight one's"
+    );
     let store = Store::open(&home.join("aviary.db")).unwrap();
     let runs = store
         .runs(store.bot("bakery").unwrap().unwrap().id)
@@ -637,4 +666,55 @@ fn a_bot_with_too_few_tweets_gets_a_hint_that_works() {
         ],
     ));
     assert!(out.contains("finished at step 2"), "{out}");
+}
+
+/// Ctrl-C during a fine-tune stops it after the current step with its state saved; `--restore`
+/// continues from that step, and the run is recorded as stopped.
+#[test]
+fn ctrl_c_during_a_finetune_saves_a_resumable_state() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (home, base) = setup(tmp.path());
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_aviary"))
+        .args([
+            "finetune",
+            "bakery",
+            "--from",
+            &base,
+            "--epochs",
+            "100000",
+            "--patience",
+            "0",
+        ])
+        .env("AVIARY_HOME", &home)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let o = child.wait_with_output().unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    );
+    assert!(o.status.success(), "{err}");
+    assert!(
+        out.contains("(Cancelled)") && out.contains("--restore"),
+        "{out}\n{err}"
+    );
+    let step: u64 = out
+        .split("finished at step ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(step > 0, "{out}");
+    let (show, _) = ok(aviary(&home, &["bot", "show", "bakery"]));
+    assert!(show.contains("finetune stopped"), "{show}");
+    let stop = (step + 3).to_string();
+    let (out, err) = ok(aviary(
+        &home,
+        &["finetune", "bakery", "--restore", "--max-steps", &stop],
+    ));
+    assert!(err.contains(&format!("resuming at step {step}")), "{err}");
+    assert!(out.contains(&format!("finished at step {stop}")), "{out}");
 }
