@@ -384,27 +384,23 @@ mod tests {
         let s = sched(&[
             ("slots", "08:00,12:00,16:00,20:00"),
             ("jitter", "15m"),
-            ("daily_cap", "3"),
+            ("daily_cap", "2"),
             ("quiet", "19:00-07:00"),
             ("timezone", "Europe/Berlin"),
         ]);
         let plan = s.plan(7).unwrap();
         let day = NaiveDate::from_ymd_opt(2026, 11, 28).unwrap();
         let slots = plan.day(day);
-        // 20:00 is quiet; the cap keeps three.
-        assert_eq!(slots.len(), 3);
-        let bases = [
-            "2026-11-28T07:00:00Z",
-            "2026-11-28T11:00:00Z",
-            "2026-11-28T15:00:00Z",
-        ];
+        // 20:00 is quiet, leaving three; the cap keeps the first two.
+        assert_eq!(slots.len(), 2);
+        let bases = ["2026-11-28T07:00:00Z", "2026-11-28T11:00:00Z"];
         let mut moved = 0;
         for (t, b) in slots.iter().zip(bases) {
             let d = (*t - utc(b)).num_seconds();
             assert!(d.abs() <= 15 * 60, "{t} is {d} s from {b}");
             moved += (d != 0) as usize;
         }
-        assert!(moved >= 2, "jitter moves the slots: {slots:?}");
+        assert!(moved >= 1, "jitter moves the slots: {slots:?}");
         // The same bot plans the same times again; another bot other times.
         assert_eq!(plan.day(day), s.plan(7).unwrap().day(day));
         assert_ne!(plan.day(day), s.plan(8).unwrap().day(day));
@@ -450,6 +446,42 @@ mod tests {
             plan.next_slot(utc("2026-11-28T20:00:00Z"), |_| 0),
             Some(utc("2026-11-29T08:00:00Z"))
         );
+    }
+
+    #[test]
+    fn a_dst_change_keeps_local_times_and_skips_the_missing_hour() {
+        let plan = sched(&[
+            ("slots", "02:30,09:00,18:00"),
+            ("jitter", "0"),
+            ("quiet", ""),
+            ("daily_cap", "0"),
+            ("timezone", "Europe/Berlin"),
+        ])
+        .plan(1)
+        .unwrap();
+        let at = |d: u32| {
+            let day = NaiveDate::from_ymd_opt(2026, 3, d).unwrap();
+            plan.day(day)
+                .iter()
+                .map(|t| t.to_rfc3339())
+                .collect::<Vec<_>>()
+        };
+        // The day before (CET, UTC+1): local times are an hour ahead of UTC.
+        assert_eq!(
+            at(28),
+            [
+                "2026-03-28T01:30:00+00:00",
+                "2026-03-28T08:00:00+00:00",
+                "2026-03-28T17:00:00+00:00"
+            ]
+        );
+        // 29 March 2026, 02:00 CET becomes 03:00 CEST: 02:30 does not exist that day, and
+        // the others are two hours ahead of UTC from then on.
+        assert_eq!(
+            at(29),
+            ["2026-03-29T07:00:00+00:00", "2026-03-29T16:00:00+00:00"]
+        );
+        assert_eq!(at(30)[0], "2026-03-30T00:30:00+00:00");
     }
 
     #[test]

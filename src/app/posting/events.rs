@@ -103,6 +103,11 @@ pub enum PostEvent {
         /// Why, and what to do.
         why: String,
     },
+    /// The bot was removed (or left the run's `--bot` list): nothing more is posted for it.
+    BotRemoved {
+        /// The bot.
+        bot: String,
+    },
     /// A slot came with nothing queued.
     EmptyQueue {
         /// The bot.
@@ -159,6 +164,7 @@ impl std::fmt::Display for PostEvent {
                 write!(f, "{bot}: rate limited; waiting until {}", t(until))
             }
             PostEvent::BotStopped { bot, why } => write!(f, "{bot}: posting stopped: {why}"),
+            PostEvent::BotRemoved { bot } => write!(f, "{bot}: removed; no longer posted"),
             PostEvent::EmptyQueue { bot } => {
                 write!(f, "{bot}: a slot came and the queue is empty")
             }

@@ -329,7 +329,15 @@ impl Posting<'_> {
             .into_iter()
             .filter(|b| opts.bots.is_empty() || opts.bots.contains(&b.name))
             .collect();
-        posters.retain(|p| bots.iter().any(|b| b.id == p.bot.id));
+        posters.retain(|p| {
+            let kept = bots.iter().any(|b| b.id == p.bot.id);
+            if !kept {
+                (self.on)(PostEvent::BotRemoved {
+                    bot: p.bot.name.clone(),
+                });
+            }
+            kept
+        });
         for bot in bots {
             let old = posters.iter().position(|p| p.bot.id == bot.id);
             let route = match (&creds, old) {
