@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use aviary::app::QueueStatus;
 use aviary::app::{Config, Home};
 use aviary::tui::keymap::Pane;
+use aviary::tui::state::Confirm;
 use aviary::tui::App;
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
@@ -64,8 +65,9 @@ fn first_launch_has_the_sample_bot_and_review_queues() {
     assert_eq!(app.state.pane, Pane::Training);
     key(&mut app, '3');
     assert_eq!(app.state.pane, Pane::Generation);
+    let t0 = app.state.temperature;
     key(&mut app, '+');
-    assert!((app.state.temperature - 0.9).abs() < 1e-9);
+    assert!((app.state.temperature - t0 - 0.1).abs() < 1e-9);
     key(&mut app, 'g');
     until(&mut app, "candidates", |a| !a.state.generating);
     assert!(app.state.candidates.len() >= 5, "{}", app.state.status);
@@ -203,9 +205,16 @@ fn training_starts_stops_resumes_and_quitting_asks_first() {
     key(&mut app, 'n');
     key(&mut app, 's');
     until(&mut app, "the stop", |a| !a.state.training_runs());
-    let stopped_at = app.state.training.as_ref().unwrap().step;
     assert!(app.state.bots[0].resumable, "{}", app.state.status);
-    assert_eq!(app.state.bots[0].queued, 0);
+    // Stopped with its state saved: the card's progress is where t resumes.
+    let model = dir.path().join("bots/sample/model");
+    let saved_step = |m: &std::path::Path| -> u64 {
+        let card: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(m.join("card.json")).unwrap()).unwrap();
+        card["training"]["progress"]["step"].as_u64().unwrap()
+    };
+    let stopped_at = saved_step(&model);
+    assert!(stopped_at > 0 && model.join("state.safetensors").exists());
     // t resumes from the saved step, not from zero.
     key(&mut app, 't');
     assert!(
@@ -217,13 +226,68 @@ fn training_starts_stops_resumes_and_quitting_asks_first() {
         a.state.training.as_ref().is_some_and(|t| t.total_steps > 0)
     });
     let resumed = app.state.training.as_ref().unwrap().start_step;
-    assert!(
-        resumed > 0 && resumed <= stopped_at + 1,
-        "resumed at {resumed}, stopped at {stopped_at}"
-    );
-    // Quit while training: y stops it (saved), then the app ends.
+    assert_eq!(resumed, stopped_at, "resumed where it was saved");
+    // Quit while training: y stops it with the state saved, then the app ends.
     key(&mut app, 'q');
     key(&mut app, 'y');
     until(&mut app, "the quit", |a| a.quit);
-    assert!(app.state.bots[0].resumable || app.state.bots[0].fine_tuned);
+    assert!(
+        saved_step(&model) > stopped_at,
+        "the quit saved the steps since"
+    );
+    let card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("card.json")).unwrap()).unwrap();
+    assert_eq!(card["training"]["progress"]["stopped"], "cancelled");
+}
+
+/// `t` on a bot whose fine-tune finished asks before replacing its model: `n` keeps it.
+#[test]
+fn fine_tuning_again_asks_before_replacing_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    // A fine-tune that finishes at once: early stopping at the second validation, one small
+    // batch of held-out text each.
+    config.finetune.batch_size = 8;
+    config.finetune.val_every = 1;
+    config.finetune.patience = 1;
+    config.finetune.min_delta = 10.0;
+    config.finetune.smoothing = 1.0;
+    config.train.seq_len = 32;
+    config.train.val_batches = 1;
+    let mut app = App::new(
+        Home::resolve(Some(dir.path().to_path_buf())).unwrap(),
+        config,
+    )
+    .unwrap();
+    code(&mut app, KeyCode::Enter);
+    key(&mut app, 't');
+    until(&mut app, "the fine-tune's end", |a| {
+        !a.state.training_runs() && a.state.bots[0].fine_tuned
+    });
+    let weights = dir.path().join("bots/sample/model/model.safetensors");
+    let before = std::fs::read(&weights).unwrap();
+    key(&mut app, 't');
+    assert!(
+        matches!(app.state.confirm, Some(Confirm::Retrain(_))),
+        "no question before replacing: {:?} {}",
+        app.state.confirm,
+        app.state.status
+    );
+    assert!(!app.state.training_runs());
+    key(&mut app, 'n');
+    assert!(app.state.confirm.is_none() && !app.state.training_runs());
+    assert_eq!(
+        std::fs::read(&weights).unwrap(),
+        before,
+        "the model is kept"
+    );
+    // y replaces it: a new run from step 0.
+    key(&mut app, 't');
+    key(&mut app, 'y');
+    until(&mut app, "the new run", |a| {
+        a.state.training.as_ref().is_some_and(|t| t.total_steps > 0)
+    });
+    assert_eq!(app.state.training.as_ref().unwrap().start_step, 0);
+    key(&mut app, 's');
+    until(&mut app, "the stop", |a| !a.state.training_runs());
 }
