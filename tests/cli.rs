@@ -325,6 +325,25 @@ fn bench_prints_each_measurement_as_a_json_line() {
             .unwrap_or_else(|| panic!("no {phase}: {out}"));
         assert!(ms > 0.0, "{phase} {ms}");
     }
+    // Each line names the CPU and, on x86-64, the vector extensions it has.
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    for line in &lines {
+        let device = line["device"].as_str().unwrap();
+        if let Some(model) = cpuinfo.lines().find(|l| l.starts_with("model name")) {
+            let model = model.split_once(':').unwrap().1.trim();
+            assert!(device.contains(model), "{device} does not name {model}");
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            assert!(device.contains("avx2"), "{device}");
+        }
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(
+            device.contains("avx512f"),
+            std::is_x86_feature_detected!("avx512f"),
+            "{device}"
+        );
+    }
     for (line, streams) in lines[2..].iter().zip([1, 64]) {
         assert_eq!(line["streams"], streams);
         assert!(line["chars_per_s"].as_f64().unwrap() > 0.0);

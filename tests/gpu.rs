@@ -3,8 +3,8 @@
 //! of all three inputs to 1e-4), dropout (the same masks, bit for bit), the loss and its
 //! gradient, RMSprop steps (the last clipped on the device), and a few training steps of a
 //! small model. Without `--features cuda` each is ignored with that reason (so `cargo test`
-//! counts them as ignored, not passed); in a CUDA build where no GPU answers, each prints
-//! `SKIPPED:` and why.
+//! counts them as ignored, not passed); in a CUDA build where no GPU answers, each says
+//! `SKIPPED <test>: <why>` among `cargo test`'s lines.
 
 mod common;
 
@@ -28,7 +28,7 @@ macro_rules! gpu_or_skip {
     () => {
         match gpu() {
             Ok(d) => d,
-            Err(why) => return println!("SKIPPED: {why}"),
+            Err(why) => return common::skipped(&why),
         }
     };
 }

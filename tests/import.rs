@@ -399,6 +399,22 @@ fn bad_input_is_refused_naming_the_file_and_the_store_is_unchanged() {
             None,
             vec!["latin1.json", "line 1", "not valid JSON"],
         ),
+        (
+            // A program or image: called what it is, not advised to convert from Latin-1.
+            f.write("ls", b"\x7fELF\x02\x01\x01\x00\x00\x00\xc3\x28 text\n"),
+            None,
+            vec!["ls", "not a text file", "one tweet a line"],
+        ),
+        (
+            f.write("ls.txt", b"\x7fELF\x02\x01\x01\x00\x00\x00\xc3\x28 text\n"),
+            Some(Format::Text),
+            vec!["ls.txt", "not a text file"],
+        ),
+        (
+            f.write("utf16.txt", b"\xff\xfeh\x00i\x00\n\x00"),
+            None,
+            vec!["utf16.txt", "UTF-16", "iconv -f UTF-16 -t UTF-8"],
+        ),
         (f.write("empty.txt", b""), None, vec!["empty.txt", "empty"]),
         (
             f.write("blank.json", b"  \n\n"),
@@ -578,7 +594,7 @@ fn cli_bots_import_train_and_remove() {
 fn real_collections_import() {
     let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
     if !shared.is_dir() {
-        println!("skipped: {} is absent", shared.display());
+        common::skipped(&format!("{} is absent", shared.display()));
         return;
     }
     let cases: [(&str, u64); 11] = [

@@ -58,7 +58,7 @@ macro_rules! emulator_or_skip {
     () => {
         match emulator() {
             Ok(bin) => bin,
-            Err(why) => return println!("SKIPPED: {why}"),
+            Err(why) => return common::skipped(&why),
         }
     };
 }

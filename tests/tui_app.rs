@@ -193,9 +193,12 @@ fn training_starts_stops_resumes_and_quitting_asks_first() {
         config,
     )
     .unwrap();
-    code(&mut app, KeyCode::Enter);
+    // The welcome says "t fine-tunes it" on the Bots pane: t works there and shows the run.
+    assert!(app.state.status.contains("t fine-tunes it"));
+    assert_eq!(app.state.pane, Pane::Bots);
     key(&mut app, 't');
     assert!(app.state.training_runs());
+    assert_eq!(app.state.pane, Pane::Training);
     until(&mut app, "a few steps", |a| {
         a.state.training.as_ref().is_some_and(|t| t.step >= 3)
     });
@@ -290,4 +293,43 @@ fn fine_tuning_again_asks_before_replacing_the_model() {
     assert_eq!(app.state.training.as_ref().unwrap().start_step, 0);
     key(&mut app, 's');
     until(&mut app, "the stop", |a| !a.state.training_runs());
+}
+
+/// The editor and prompts are a text field: fixing a word in the middle needs no retyping.
+#[test]
+fn prompts_edit_in_the_middle_jump_words_delete_forward_and_undo() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = app_at(dir.path());
+    let ctrl = |app: &mut App, k: KeyCode| {
+        app.on_key(KeyEvent::new(k, KeyModifiers::CONTROL));
+    };
+    let text = |app: &App| app.state.input.as_ref().expect("a prompt is open").text();
+    key(&mut app, '3');
+    key(&mut app, 'p');
+    typed(&mut app, "the cat sat");
+    code(&mut app, KeyCode::Home);
+    for _ in 0..4 {
+        code(&mut app, KeyCode::Right);
+    }
+    typed(&mut app, "big ");
+    assert_eq!(text(&app), "the big cat sat");
+    // Jump to the next word, delete it forward, type another.
+    ctrl(&mut app, KeyCode::Right);
+    for _ in 0..3 {
+        code(&mut app, KeyCode::Delete);
+    }
+    assert_eq!(text(&app), "the big cat ");
+    typed(&mut app, "dog");
+    assert_eq!(text(&app), "the big cat dog");
+    ctrl(&mut app, KeyCode::Char('z'));
+    let undone = text(&app);
+    assert!(
+        undone.len() < "the big cat dog".len() && "the big cat dog".starts_with(&undone),
+        "Ctrl+Z did not take typing back: {undone:?}"
+    );
+    code(&mut app, KeyCode::End);
+    typed(&mut app, "!");
+    code(&mut app, KeyCode::Enter);
+    assert!(app.state.input.is_none());
+    assert_eq!(app.state.prime, format!("{undone}!"));
 }

@@ -1,7 +1,10 @@
 //! End to end: the release binary's TUI inside tmux with a temporary home. Types keys with
 //! `send-keys` and reads the screen with `capture-pane`: open the sample bot, start a short
 //! fine-tune, watch the progress change, measure how fast keys are answered while it trains,
-//! stop it, generate, approve one, find it in the queue, quit.
+//! stop it, generate, approve one, find it in the queue, quit. And the terminal put back
+//! (raw mode off, main screen) after the TUI fails and after it panics.
+
+mod common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -79,7 +82,7 @@ fn step(screen: &str) -> Option<u64> {
 #[test]
 fn the_tui_fine_tunes_generates_and_queues_under_tmux() {
     if Command::new("tmux").arg("-V").output().is_err() {
-        println!("SKIPPED: tmux is not installed (.ci/run installs it)");
+        common::skipped("tmux is not installed (.ci/run installs it)");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -209,4 +212,108 @@ fn the_tui_fine_tunes_generates_and_queues_under_tmux() {
         "the service did not outlive the TUI: {}",
         String::from_utf8_lossy(&o.stderr)
     );
+}
+
+/// The TUI's terminal handling with a body that fails or panics (`AVIARY_E2E_END` says which);
+/// run inside tmux by `the_terminal_is_restored_after_an_error_and_a_panic`.
+#[test]
+#[ignore = "run inside tmux by the_terminal_is_restored_after_an_error_and_a_panic"]
+fn inside_the_terminal() {
+    let Ok(end) = std::env::var("AVIARY_E2E_END") else {
+        return common::skipped("runs only inside tmux, with AVIARY_E2E_END=error or panic");
+    };
+    let result: aviary::Result<()> = aviary::tui::in_terminal(|terminal| {
+        terminal
+            .draw(|f| f.render_widget(ratatui::widgets::Paragraph::new("INSIDE THE TUI"), f.area()))
+            .map_err(|e| aviary::Error::io("<terminal>", e))?;
+        // Long enough for the outer test to see the alternate screen.
+        std::thread::sleep(Duration::from_millis(1500));
+        match end.as_str() {
+            "panic" => panic!("a panic inside the TUI"),
+            _ => Err(aviary::Error::io(
+                "<terminal>",
+                std::io::Error::other("an error inside the TUI"),
+            )),
+        }
+    });
+    println!("ended with {result:?}");
+}
+
+#[test]
+fn the_terminal_is_restored_after_an_error_and_a_panic() {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        return common::skipped("tmux is not installed (.ci/run installs it)");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for end in ["error", "panic"] {
+        let t = Tmux {
+            socket: format!("aviary-restore-{end}-{}", std::process::id()),
+            session: "r".into(),
+        };
+        let out = |name: &str| dir.path().join(format!("{end}-{name}"));
+        // The terminal's settings before and after, and a flag when the program has ended.
+        let script = format!(
+            "stty -a > '{before}'; AVIARY_E2E_END={end} RUST_BACKTRACE=0 '{exe}' --ignored --exact \
+             inside_the_terminal --nocapture --test-threads 1; stty -a > '{after}'; \
+             touch '{done}'; sleep 60",
+            before = out("before").display(),
+            after = out("after").display(),
+            done = out("done").display(),
+            exe = std::env::current_exe().unwrap().display(),
+        );
+        let o = t.cmd(&[
+            "new-session",
+            "-d",
+            "-s",
+            "r",
+            "-x",
+            "80",
+            "-y",
+            "24",
+            "sh",
+            "-c",
+            &script,
+        ]);
+        assert!(o.status.success(), "tmux new-session: {o:?}");
+        let flag = |f: &str| {
+            String::from_utf8_lossy(&t.cmd(&["display", "-p", "-t", "r", f]).stdout)
+                .trim()
+                .to_string()
+        };
+        t.wait("the TUI's screen", 20, |s| s.contains("INSIDE THE TUI"));
+        assert_eq!(
+            flag("#{alternate_on}"),
+            "1",
+            "the TUI is on the alternate screen"
+        );
+        let started = Instant::now();
+        while !out("done").exists() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "{end}: never ended"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let screen = t.screen();
+        assert!(
+            screen.contains(&format!("{end} inside the TUI")),
+            "{end}: {screen}"
+        );
+        assert_eq!(
+            flag("#{alternate_on}"),
+            "0",
+            "{end}: still on the alternate screen"
+        );
+        assert_eq!(
+            flag("#{cursor_flag}"),
+            "1",
+            "{end}: the cursor is still hidden"
+        );
+        let before = std::fs::read_to_string(out("before")).unwrap();
+        let after = std::fs::read_to_string(out("after")).unwrap();
+        assert_eq!(
+            before, after,
+            "{end}: the terminal's settings (stty -a) changed"
+        );
+    }
 }

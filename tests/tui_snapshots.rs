@@ -107,9 +107,13 @@ fn state(pane: Pane) -> State {
         epoch: 2,
         batch_in_epoch: 72,
         losses: (0..312)
-            .map(|i| 2.2 - 0.9 * (i as f64 / 312.0).sqrt() + 0.05 * ((i * 7 % 11) as f64 / 11.0))
+            .map(|i| {
+                let loss =
+                    2.2 - 0.9 * (i as f64 / 312.0).sqrt() + 0.05 * ((i * 7 % 11) as f64 / 11.0);
+                (i as f64, loss)
+            })
             .collect(),
-        val_losses: vec![1.52, 1.31, 1.24],
+        val_losses: vec![(100.0, 1.52), (200.0, 1.31), (300.0, 1.24)],
         best_val: Some(1.24),
         chars_per_s: 9903.0,
         eta_s: 125.0,
@@ -206,12 +210,12 @@ snap!(
 snap!(
     editor,
     State {
-        input: Some(Input {
-            purpose: InputPurpose::EditCandidate(14),
-            prompt: "Edit #14".into(),
-            text: "We can't wait for change. We have to make it happen.".into(),
-            limit: Some(280),
-        }),
+        input: Some(Input::new(
+            InputPurpose::EditCandidate(14),
+            "Edit #14",
+            "We can't wait for change. We have to make it happen.",
+            Some(280),
+        )),
         ..state(Pane::Generation)
     }
 );

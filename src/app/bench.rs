@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::generate::{sample_token, SampleConfig};
 use crate::model::{ModelConfig, StepWeights, Vocab, EOT};
-use crate::train::{describe_device, Learner, TrainConfig};
+use crate::train::{describe_cpu, describe_device, Learner, TrainConfig};
 use crate::{Error, Result};
 
 /// What to measure.
@@ -108,9 +108,14 @@ pub fn run(corpus: &Path, req: &BenchRequest, mut report: impl FnMut(&Value)) ->
     }
     let dt = start.elapsed().as_secs_f64();
     let framework = format!("aviary {} (candle 0.11)", env!("CARGO_PKG_VERSION"));
+    // Figures differ between CPUs (AVX-512 or not): each line names the one it ran on.
+    let named = |d: &Device| match d {
+        Device::Cpu => format!("{} ({})", describe_device(d), describe_cpu()),
+        _ => describe_device(d),
+    };
     let threads = candle_core::utils::get_num_threads();
     report(&json!({
-        "what": "train", "framework": framework, "device": describe_device(&device), "threads": threads,
+        "what": "train", "framework": framework, "device": named(&device), "threads": threads,
         "steps": req.steps, "chars_per_s": (req.steps * b * t) as f64 / dt, "final_loss": loss,
     }));
 
@@ -135,7 +140,7 @@ pub fn run(corpus: &Path, req: &BenchRequest, mut report: impl FnMut(&Value)) ->
         learner.step_marked(&x, &y, (req.steps + k) as u64, train.clip_norm, &mut mark)?;
     }
     let mut line = json!({
-        "what": "train-phases", "framework": framework, "device": describe_device(&device),
+        "what": "train-phases", "framework": framework, "device": named(&device),
         "threads": threads, "steps": phase_steps,
     });
     for (phase, ms) in &phases {
@@ -169,7 +174,7 @@ pub fn run(corpus: &Path, req: &BenchRequest, mut report: impl FnMut(&Value)) ->
         });
         // Sampling runs on the CPU in every build (see `StepWeights`).
         report(&json!({
-            "what": "generate", "framework": framework, "device": describe_device(&Device::Cpu), "threads": threads,
+            "what": "generate", "framework": framework, "device": named(&Device::Cpu), "threads": threads,
             "streams": streams, "chars_per_s": (streams * req.gen_chars) as f64 / dt,
         }));
     }

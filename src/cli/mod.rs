@@ -302,7 +302,7 @@ pub struct BaseArgs {
 #[derive(Subcommand, Debug)]
 pub enum BaseCommand {
     /// Train a base model on a general corpus (the flags of `aviary train`).
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Write the word list candidates are judged by (checkpoints/base/words.txt) from a corpus.
     Words(BaseWordsArgs),
 }
@@ -412,7 +412,7 @@ pub fn run() -> Result<()> {
         Command::Train(a) => train(&config, home, a),
         Command::Base(BaseArgs {
             command: BaseCommand::Train(a),
-        }) => train(&config, home, a),
+        }) => train(&config, home, *a),
         Command::Base(BaseArgs {
             command: BaseCommand::Words(a),
         }) => {

@@ -217,6 +217,9 @@ pub fn detect(path: &Path) -> Result<Format> {
             "check that this is the file you meant",
         ));
     }
+    if let Some((problem, hint)) = not_text(&head) {
+        return Err(Error::corpus(path, problem, hint));
+    }
     if head.starts_with(b"PK\x03\x04")
         || start.starts_with(b"window.YTD.")
         || start.starts_with(b"Grailbird.data.")
@@ -243,6 +246,25 @@ pub fn detect(path: &Path) -> Result<Format> {
         return Ok(Format::Csv);
     }
     Ok(Format::Text)
+}
+
+/// What is wrong with a file whose first bytes are `head`, when they show it is no UTF-8 text
+/// (a zip archive excepted): UTF-16 text, or a binary file (text never holds a NUL byte).
+pub(crate) fn not_text(head: &[u8]) -> Option<(&'static str, &'static str)> {
+    if head.starts_with(b"\xff\xfe") || head.starts_with(b"\xfe\xff") {
+        return Some((
+            "is UTF-16 text; aviary reads UTF-8",
+            "convert it: `iconv -f UTF-16 -t UTF-8 FILE > FILE.utf8`, then import FILE.utf8",
+        ));
+    }
+    if head.starts_with(b"PK\x03\x04") || !head.contains(&0) {
+        return None;
+    }
+    Some((
+        "is not a text file (it holds NUL bytes: a program, an image or other binary data)",
+        "import an X archive (its .zip or folder), tweets.js, API JSON, CSV, or a text file \
+         with one tweet a line",
+    ))
 }
 
 /// `b` without a byte-order mark and leading white space.

@@ -92,6 +92,9 @@ impl Iterator for FileLines {
                     }
                     Err(e) => {
                         self.reader = None;
+                        if let Some((problem, hint)) = super::not_text(&self.buf) {
+                            return Some(Err(Error::corpus(&self.path, problem, hint)));
+                        }
                         return Some(Err(Error::corpus(
                             &self.path,
                             format!(

@@ -1027,6 +1027,38 @@ pub fn describe_device(device: &Device) -> String {
     }
 }
 
+/// The CPU's model name (from `/proc/cpuinfo` where there is one) and the vector extensions
+/// this process can use, e.g. "Intel(R) Xeon(R) Processor; avx512f avx512bf16 avx2 fma": speed
+/// figures differ between CPUs with and without AVX-512, so each one names its CPU.
+pub fn describe_cpu() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, name)| name.trim().to_string())
+        })
+        .unwrap_or_else(|| format!("{} CPU", std::env::consts::ARCH));
+    #[cfg(target_arch = "x86_64")]
+    let features: Vec<&str> = [
+        ("avx512f", std::is_x86_feature_detected!("avx512f")),
+        ("avx512bf16", std::is_x86_feature_detected!("avx512bf16")),
+        ("avx2", std::is_x86_feature_detected!("avx2")),
+        ("fma", std::is_x86_feature_detected!("fma")),
+    ]
+    .into_iter()
+    .filter_map(|(name, present)| present.then_some(name))
+    .collect();
+    #[cfg(not(target_arch = "x86_64"))]
+    let features: Vec<&str> = Vec::new();
+    if features.is_empty() {
+        model
+    } else {
+        format!("{model}; {}", features.join(" "))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -155,6 +155,14 @@ pub const KEYMAP: &[Binding] = &[
     ),
     key(
         Some(Bots),
+        KeyCode::Char('t'),
+        Action::StartTraining,
+        "t",
+        "fine-tune the bot (shows its training pane)",
+        Some("finetune NAME"),
+    ),
+    key(
+        Some(Bots),
         KeyCode::Char('d'),
         Action::DeleteBot,
         "d",

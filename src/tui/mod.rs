@@ -13,7 +13,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossterm::event::{Event, KeyCode, KeyEvent, KeyEventKind};
+use crossterm::event::{Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 use crate::app::candidates::{self as cands, Review};
 use crate::app::posting::{self, PostingSetup};
@@ -233,21 +233,11 @@ impl App {
                 }
             }
             Action::NewBot => {
-                s.input = Some(Input {
-                    purpose: InputPurpose::NewBotName,
-                    prompt: "New bot's name".into(),
-                    text: String::new(),
-                    limit: None,
-                })
+                s.input = Some(Input::new(InputPurpose::NewBotName, "New bot's name", "", None))
             }
             Action::Import => {
                 if let Some(b) = bot {
-                    s.input = Some(Input {
-                        purpose: InputPurpose::ImportSource,
-                        prompt: format!("Tweets for {b}: a file, archive or @handle to fetch"),
-                        text: String::new(),
-                        limit: None,
-                    })
+                    s.input = Some(Input::new(InputPurpose::ImportSource, format!("Tweets for {b}: a file, archive or @handle to fetch"), "", None))
                 }
             }
             Action::DeleteBot => {
@@ -291,12 +281,7 @@ impl App {
                 s.temperature = ((s.temperature + d) * 10.0).round().clamp(0.0, 20.0) / 10.0;
             }
             Action::Prime => {
-                s.input = Some(Input {
-                    purpose: InputPurpose::Prime,
-                    prompt: "Every candidate starts with".into(),
-                    text: s.prime.clone(),
-                    limit: None,
-                })
+                s.input = Some(Input::new(InputPurpose::Prime, "Every candidate starts with", &s.prime, None))
             }
             Action::Approve | Action::Reject => {
                 let r = if action == Action::Approve {
@@ -308,12 +293,7 @@ impl App {
             }
             Action::Edit => {
                 if let Some(c) = s.candidate() {
-                    s.input = Some(Input {
-                        purpose: InputPurpose::EditCandidate(c.id),
-                        prompt: format!("Edit #{}", c.id),
-                        text: c.edited_text.clone().unwrap_or(c.text.clone()),
-                        limit: Some(crate::app::MAX_TWEET_LENGTH),
-                    })
+                    s.input = Some(Input::new(InputPurpose::EditCandidate(c.id), format!("Edit #{}", c.id), c.edited_text.as_deref().unwrap_or(&c.text), Some(crate::app::MAX_TWEET_LENGTH)))
                 }
             }
             Action::Undo => match (self.undo.pop(), bot) {
@@ -494,20 +474,23 @@ impl App {
         };
         match k.code {
             KeyCode::Esc => self.state.input = None,
-            KeyCode::Backspace => {
-                input.text.pop();
-            }
-            KeyCode::Char(c) => input.text.push(c),
             KeyCode::Enter => {
                 let input = self.state.input.take().expect("checked above");
                 self.finish_input(input);
             }
-            _ => {}
+            // Ctrl+Z as well as the field's own Ctrl+U: the undo most people try first.
+            KeyCode::Char('z') if k.modifiers.contains(KeyModifiers::CONTROL) => {
+                input.field.undo();
+            }
+            _ => {
+                input.field.input(k);
+            }
         }
     }
 
     fn finish_input(&mut self, input: Input) {
-        let text = input.text.trim().to_string();
+        let typed = input.text();
+        let text = typed.trim().to_string();
         match input.purpose {
             InputPurpose::NewBotName => {
                 if text.is_empty() {
@@ -515,14 +498,12 @@ impl App {
                 }
                 self.attempt(|a| {
                     app::bots::new_bot(&mut a.store, &a.config, &text, None)?;
-                    a.state.input = Some(Input {
-                        purpose: InputPurpose::NewBotSource(text.clone()),
-                        prompt: format!(
-                            "Tweets for {text}: a file, archive or @handle (Enter: later)"
-                        ),
-                        text: String::new(),
-                        limit: None,
-                    });
+                    a.state.input = Some(Input::new(
+                        InputPurpose::NewBotSource(text.clone()),
+                        format!("Tweets for {text}: a file, archive or @handle (Enter: later)"),
+                        "",
+                        None,
+                    ));
                     Ok(())
                 });
                 if let Some(i) = self.state.bots.iter().position(|b| b.name == text) {
@@ -535,7 +516,7 @@ impl App {
                     self.start_import(b, text)
                 }
             }
-            InputPurpose::Prime => self.state.prime = input.text,
+            InputPurpose::Prime => self.state.prime = typed,
             InputPurpose::EditCandidate(id) => {
                 // The list may have been reloaded while the editor was open.
                 if let Some(i) = self.state.candidates.iter().position(|c| c.id == id) {
@@ -624,9 +605,15 @@ impl App {
 pub fn run(home: Home, config: Config, config_path: Option<std::path::PathBuf>) -> Result<()> {
     let mut app = App::new(home, config)?;
     app.set_config_path(config_path);
-    // Raw mode, alternate screen, and a panic hook that puts the terminal back first.
+    in_terminal(|terminal| main_loop(terminal, &mut app))
+}
+
+/// Runs `body` on the terminal in raw mode on the alternate screen, and puts the terminal back
+/// however `body` ends: returning, failing, or panicking (ratatui's panic hook restores it
+/// before the panic is printed).
+pub fn in_terminal<T>(body: impl FnOnce(&mut ratatui::DefaultTerminal) -> Result<T>) -> Result<T> {
     let mut terminal = ratatui::init();
-    let result = main_loop(&mut terminal, &mut app);
+    let result = body(&mut terminal);
     ratatui::restore();
     result
 }

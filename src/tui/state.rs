@@ -4,6 +4,9 @@
 use crate::app::overview::BotOverview;
 use crate::app::{CandidateRow, QueueRow, TrainEvent};
 
+use ratatui::style::Style;
+use ratatui_textarea::{CursorMove, TextArea, WrapMode};
+
 use super::keymap::Pane;
 
 /// Progress of a fine-tune, from the engine's events.
@@ -27,10 +30,11 @@ pub struct TrainingView {
     pub epoch: u64,
     /// Batches done in this epoch.
     pub batch_in_epoch: u64,
-    /// Training loss per step, as a moving average (newest last).
-    pub losses: Vec<f64>,
-    /// Validation losses (newest last).
-    pub val_losses: Vec<f64>,
+    /// Training loss as (step, moving average), oldest first; thinned to every other point
+    /// when long, so the chart always spans the whole run.
+    pub losses: Vec<(f64, f64)>,
+    /// Validation losses as (step, loss), oldest first.
+    pub val_losses: Vec<(f64, f64)>,
     /// Best validation loss.
     pub best_val: Option<f64>,
     /// Characters per second.
@@ -71,21 +75,26 @@ impl TrainingView {
                 self.step = step;
                 self.epoch = epoch;
                 self.batch_in_epoch = batch_in_epoch;
-                // Per-batch losses are noisy: the sparkline shows a moving average.
-                let smooth = self.losses.last().map_or(loss, |p| 0.9 * p + 0.1 * loss);
-                self.losses.push(smooth);
+                // Per-batch losses are noisy: the chart shows a moving average.
+                let smooth = self.losses.last().map_or(loss, |p| 0.9 * p.1 + 0.1 * loss);
+                self.losses.push((step as f64, smooth));
                 if self.losses.len() > 4000 {
-                    self.losses.drain(..2000);
+                    let mut k = 0;
+                    self.losses.retain(|_| {
+                        k += 1;
+                        k % 2 == 1
+                    });
                 }
                 self.chars_per_s = chars_per_s;
                 self.eta_s = eta_s;
             }
             TrainEvent::Validated {
+                step,
                 val_loss,
                 best_val_loss,
                 ..
             } => {
-                self.val_losses.push(val_loss);
+                self.val_losses.push((step as f64, val_loss));
                 self.best_val = Some(best_val_loss);
             }
             TrainEvent::Finished { .. } => {}
@@ -93,17 +102,64 @@ impl TrainingView {
     }
 }
 
-/// A text being typed: a prompt at the bottom, or the candidate editor.
-#[derive(Clone, Debug, PartialEq)]
+/// A text being typed: a prompt, or the candidate editor.
+#[derive(Clone, Debug)]
 pub struct Input {
     /// What it is for.
     pub purpose: InputPurpose,
     /// The question shown.
     pub prompt: String,
-    /// The text so far.
-    pub text: String,
-    /// Most characters allowed (the editor's 280).
+    /// The text field (ratatui-textarea): cursor keys, word jumps (Ctrl+arrows), delete
+    /// forward, undo and redo (Ctrl+U / Ctrl+R, and Ctrl+Z), soft wrapping.
+    pub field: TextArea<'static>,
+    /// Longest text allowed, in X's weighted length (the editor's 280).
     pub limit: Option<usize>,
+}
+
+impl Input {
+    /// A field holding `text` with the cursor at its end.
+    pub fn new(
+        purpose: InputPurpose,
+        prompt: impl Into<String>,
+        text: &str,
+        limit: Option<usize>,
+    ) -> Self {
+        let mut field = TextArea::new(text.split('\n').map(String::from).collect());
+        field.move_cursor(CursorMove::Bottom);
+        field.move_cursor(CursorMove::End);
+        field.set_wrap_mode(WrapMode::WordOrGlyph);
+        field.set_cursor_line_style(Style::default());
+        Self {
+            purpose,
+            prompt: prompt.into(),
+            field,
+            limit,
+        }
+    }
+
+    /// The text typed so far.
+    pub fn text(&self) -> String {
+        self.field.lines().join("\n")
+    }
+}
+
+/// Two inputs are the same when they ask the same and hold the same text at the same cursor.
+impl PartialEq for Input {
+    fn eq(&self, other: &Self) -> bool {
+        (
+            &self.purpose,
+            &self.prompt,
+            self.field.lines(),
+            self.field.cursor(),
+            self.limit,
+        ) == (
+            &other.purpose,
+            &other.prompt,
+            other.field.lines(),
+            other.field.cursor(),
+            other.limit,
+        )
+    }
 }
 
 /// What a finished input does.

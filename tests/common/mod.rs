@@ -10,6 +10,18 @@ use std::path::{Path, PathBuf};
 use aviary::model::ModelConfig;
 use aviary::train::{TrainConfig, TweetSource};
 
+/// Says that the calling test skipped its checks, and why, as `SKIPPED <test>: <why>` among
+/// `cargo test`'s own lines: written to the stream itself, past the test harness's capture
+/// (which takes `print!`, not writes), so a skipped test is never just another "ok".
+pub fn skipped(why: &str) {
+    use std::io::Write;
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    writeln!(std::io::stderr(), "SKIPPED {test}: {why}").expect("stderr takes the line");
+}
+
 /// `n` tweets from a tiny grammar, deterministic.
 pub fn tweets(n: usize) -> Vec<String> {
     let who = ["the cat", "my dog", "a bird", "our team", "the city"];

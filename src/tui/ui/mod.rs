@@ -101,7 +101,7 @@ fn draw_input(f: &mut Frame, area: Rect, input: &super::state::Input) {
     let r = centered(area, area.width.saturating_sub(4).max(20), h);
     f.render_widget(Clear, r);
     // Tweets are counted as X counts them; other prompts have no limit.
-    let count = crate::app::tweet_length(&input.text);
+    let count = crate::app::tweet_length(&input.text());
     let title = match input.limit {
         Some(l) => format!(" {} ({count}/{l}) ", input.prompt),
         None => format!(" {} ", input.prompt),
@@ -109,18 +109,15 @@ fn draw_input(f: &mut Frame, area: Rect, input: &super::state::Input) {
     let over = input.limit.is_some_and(|l| count > l);
     let block = Block::bordered()
         .title(title)
-        .title_bottom(" Enter ok · Esc cancel ")
+        .title_bottom(" Enter ok · Esc cancel · Ctrl+←/→ word · Ctrl+Z undo ")
         .border_style(if over {
             Style::new().fg(Color::Red)
         } else {
             Style::new().fg(Color::Cyan)
         });
-    f.render_widget(
-        Paragraph::new(format!("{}▏", input.text))
-            .wrap(Wrap { trim: false })
-            .block(block),
-        r,
-    );
+    let inside = block.inner(r);
+    f.render_widget(block, r);
+    f.render_widget(&input.field, inside);
 }
 
 fn draw_confirm(f: &mut Frame, area: Rect, c: &super::state::Confirm) {

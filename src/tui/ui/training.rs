@@ -1,10 +1,11 @@
-//! The training pane: fine-tuning of the selected bot with epoch and overall progress, loss
-//! and validation-loss sparklines, speed, ETA and device.
+//! The training pane: fine-tuning of the selected bot with epoch and overall progress, a chart
+//! of training and validation loss against steps, speed, ETA and device.
 
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Style};
+use ratatui::symbols::Marker;
 use ratatui::text::Line;
-use ratatui::widgets::{Block, Gauge, Paragraph, Sparkline, Wrap};
+use ratatui::widgets::{Axis, Block, Chart, Dataset, Gauge, GraphType, Paragraph, Wrap};
 use ratatui::Frame;
 
 use super::fmt_secs;
@@ -98,25 +99,7 @@ pub fn draw(f: &mut Frame, area: Rect, s: &State) {
             .label(format!("overall  {}/{} steps", t.step, t.total_steps)),
         overall,
     );
-    let [loss_area, val_area] =
-        Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(charts);
-    let last = t
-        .losses
-        .last()
-        .map(|l| format!("{l:.3}"))
-        .unwrap_or("-".into());
-    spark(
-        f,
-        loss_area,
-        &format!(" loss {last} "),
-        &t.losses,
-        Color::Yellow,
-    );
-    let val = match (t.val_losses.last(), t.best_val) {
-        (Some(v), Some(b)) => format!(" val {v:.3} (best {b:.3}) "),
-        _ => " val - ".into(),
-    };
-    spark(f, val_area, &val, &t.val_losses, Color::Magenta);
+    loss_chart(f, charts, t);
     f.render_widget(Paragraph::new(foot_line(t)), foot);
 }
 
@@ -142,29 +125,56 @@ fn foot_line(t: &TrainingView) -> Line<'static> {
     Line::raw(s)
 }
 
-/// A sparkline of `values` scaled between their min and max, newest at the right.
-fn spark(f: &mut Frame, area: Rect, title: &str, values: &[f64], color: Color) {
-    let block = Block::bordered().title(title.to_string());
-    let width = block.inner(area).width as usize;
-    let shown = &values[values.len().saturating_sub(width)..];
-    let (lo, hi) = shown
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
-            (a.min(*v), b.max(*v))
-        });
-    let span = (hi - lo).max(1e-9);
-    // Lower is better: bars stand for loss above the window's minimum, plus a floor so the
-    // lowest point still shows.
-    let data: Vec<u64> = shown
-        .iter()
-        .map(|v| 1 + ((v - lo) / span * 99.0) as u64)
-        .collect();
-    f.render_widget(
-        Sparkline::default()
-            .block(block)
-            .data(&data)
-            .max(100)
-            .style(Style::new().fg(color)),
-        area,
-    );
+/// Training loss (moving average) and validation loss against steps, with both axes labelled:
+/// x from the run's first step to its last, y over the losses shown, in nats per character.
+fn loss_chart(f: &mut Frame, area: Rect, t: &TrainingView) {
+    let last = |v: &[(f64, f64)]| v.last().map(|p| p.1);
+    let title = match (last(&t.losses), last(&t.val_losses), t.best_val) {
+        (Some(l), Some(v), Some(b)) => {
+            format!(" loss {l:.3} · validation {v:.3} (best {b:.3}) · nats/char ")
+        }
+        (Some(l), ..) => format!(" loss {l:.3} · validation - · nats/char "),
+        _ => " loss · nats/char ".to_string(),
+    };
+    let points = t.losses.iter().chain(&t.val_losses);
+    let (lo, hi) = points.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
+        (a.min(p.1), b.max(p.1))
+    });
+    // Round the y range out to tenths so the labels read as plain numbers.
+    let (lo, hi) = if lo.is_finite() {
+        (
+            (lo * 10.0).floor() / 10.0,
+            ((hi * 10.0).ceil() / 10.0).max(lo + 0.1),
+        )
+    } else {
+        (0.0, 1.0)
+    };
+    let first = t.losses.first().map_or(t.start_step as f64, |p| p.0);
+    let end = (t.total_steps as f64).max(t.step as f64).max(first + 1.0);
+    let line = |name: &'static str, color: Color, data| {
+        Dataset::default()
+            .name(name)
+            .marker(Marker::Braille)
+            .graph_type(GraphType::Line)
+            .style(Style::new().fg(color))
+            .data(data)
+    };
+    let datasets = vec![
+        line("training", Color::Yellow, &t.losses),
+        line("validation", Color::Magenta, &t.val_losses),
+    ];
+    let label = |v: f64| format!("{v:.0}");
+    let chart = Chart::new(datasets)
+        .block(Block::bordered().title(title))
+        .x_axis(Axis::default().title("step").bounds([first, end]).labels([
+            label(first),
+            label((first + end) / 2.0),
+            label(end),
+        ]))
+        .y_axis(Axis::default().bounds([lo, hi]).labels([
+            format!("{lo:.1}"),
+            format!("{:.2}", (lo + hi) / 2.0),
+            format!("{hi:.1}"),
+        ]));
+    f.render_widget(chart, area);
 }
