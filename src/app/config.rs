@@ -76,7 +76,7 @@ impl Default for XConfig {
 
 /// The training settings fine-tuning uses instead of `[train]`'s: a bot's few thousand tweets
 /// make short epochs, so validation at each epoch's end and a patience and threshold fit for
-/// small gains (the README gives the figures behind each value).
+/// small gains (docs/quality.md gives the figures behind each value).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FinetuneConfig {

@@ -130,7 +130,7 @@ pub fn pick_device(spec: Option<&str>) -> Result<Device> {
             if !candle_core::utils::cuda_is_available() {
                 return Err(Error::invalid(
                     "this aviary was built without CUDA",
-                    "build with `cargo build --release --features cuda` (see README), or use --device cpu",
+                    "build with `cargo build --release --features cuda` (see docs/gpu.md), or use --device cpu",
                 ));
             }
             Device::new_cuda(ordinal).map_err(|e| {

@@ -52,7 +52,7 @@ pub enum Command {
     Eval(EvalArgs),
     /// Train a model on a bot's tweets or on text files, or continue one with --restore.
     Train(TrainArgs),
-    /// Train your own base model on any corpus (see README: the built-in one's recipe).
+    /// Train your own base model on any corpus (docs/base-model.md: the built-in one's recipe).
     Base(BaseArgs),
     /// Try random training settings within a time budget and rank them (trials.csv).
     Search(SearchArgs),

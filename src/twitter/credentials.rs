@@ -139,7 +139,7 @@ impl Credentials {
             Error::invalid(
                 format!("credentials file {} is not valid{at}{what}", path.display()),
                 "it takes [app] consumer_key, consumer_secret and [bots.NAME] access_token, \
-                 access_secret, user_id, username (see README, Posting)",
+                 access_secret, user_id, username (see docs/posting.md)",
             )
         })
     }
