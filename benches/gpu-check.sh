@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The GPU check of README "GPU (CUDA)", in two halves:
+# The GPU check of docs/gpu.md, in two halves:
 #
 #   benches/gpu-check.sh pack   # here, no GPU needed: builds the CUDA binaries with
 #                               # ../shared/cuda/toolkit.sh and packs them, the reference
 #                               # script and a corpus into gpu-kit/ (ignored by git, < 64 MiB)
 #   benches/gpu-check.sh run    # on the GPU machine, from the repository root, with gpu-kit/:
-#                               # the CUDA tests, then aviary bench --device cuda (fused op,
-#                               # cell op, fused op with TF32) and torch_charlstm.py --device
+#                               # the CUDA tests, then aviary bench --device cuda (f32, and
+#                               # with [train] tf32 = true) and torch_charlstm.py --device
 #                               # cuda, ROUNDS rounds (default 3)
 #
 # `run` writes everything it prints to $OUT/gpu-check.log (or gpu-kit/out/) and the bench
@@ -62,12 +62,12 @@ run() {
     local rounds=${ROUNDS:-3}
     for round in $(seq 1 "$rounds"); do
         echo "== round $round"
-        # The fused op, the per-step cell op, and the fused op with TF32 tensor cores (as
-        # cuDNN's default math on this GPU).
-        for variant in fused cell fused-tf32; do
-            local lstm=${variant%-tf32} tf32=0
-            [ "$variant" = fused-tf32 ] && tf32=1
-            AVIARY_CUDA_LSTM=$lstm AVIARY_TF32=$tf32 "$KIT/bin/aviary" bench --corpus "$KIT/corpus.txt" \
+        # The fused op in f32, and with TF32 tensor cores (as cuDNN's default math on this GPU).
+        for variant in fused fused-tf32; do
+            local tf32=false
+            [ "$variant" = fused-tf32 ] && tf32=true
+            printf '[train]\ntf32 = %s\n' "$tf32" > "$out/$variant.toml"
+            "$KIT/bin/aviary" --config "$out/$variant.toml" bench --corpus "$KIT/corpus.txt" \
                 --device cuda --steps 100 --gen-chars 280 \
                 | sed "s/^{/{\"round\":$round,\"variant\":\"$variant\",/" | tee -a "$out/bench.jsonl" \
                 || echo "aviary bench ($variant) failed"

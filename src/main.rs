@@ -1,4 +1,5 @@
-//! The `aviary` binary: parse the command line and hand over to the CLI face.
+//! The `aviary` binary: parse the command line, then hand over to a face: the CLI for a
+//! subcommand, the TUI without one.
 
 use std::process::ExitCode;
 
@@ -12,7 +13,11 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     aviary::alloc::keep_freed_memory();
-    match aviary::cli::run() {
+    let result = aviary::cli::setup().and_then(|(mut cli, config)| match cli.command.take() {
+        Some(command) => aviary::cli::run(&cli, command, config),
+        None => aviary::tui::run(cli.home()?, config, cli.config.clone()),
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("aviary: {e}");

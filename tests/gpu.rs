@@ -1,5 +1,5 @@
 //! The CUDA path against the CPU path on the same inputs, piece by piece so a failure names
-//! the piece: the LSTM layer (the fused op and the per-step cell op: forward and the gradients
+//! the piece: the LSTM layer (the fused op: forward and the gradients
 //! of all three inputs to 1e-4), dropout (the same masks, bit for bit), the loss and its
 //! gradient, RMSprop steps (the last clipped on the device), and a few training steps of a
 //! small model. Without `--features cuda` each is ignored with that reason (so `cargo test`
@@ -10,7 +10,6 @@ mod common;
 
 use aviary::model::dropout::Dropout;
 use aviary::model::fused_lstm::lstm_sequence;
-use aviary::model::lstm_cell::lstm_cell_sequence;
 use aviary::model::{loss, ModelConfig};
 use aviary::train::optim::RmsProp;
 use aviary::train::{Learner, TrainConfig};
@@ -116,16 +115,6 @@ fn layer_matches_the_cpu(dev: &Device, layer: Layer, label: &str) {
 fn cuda_fused_lstm_matches_the_cpu_to_1e_4() {
     let dev = gpu_or_skip!();
     layer_matches_the_cpu(&dev, lstm_sequence, "fused op");
-}
-
-#[test]
-#[cfg_attr(
-    not(feature = "cuda"),
-    ignore = "needs a build with --features cuda and a GPU"
-)]
-fn cuda_cell_op_lstm_matches_the_cpu_to_1e_4() {
-    let dev = gpu_or_skip!();
-    layer_matches_the_cpu(&dev, lstm_cell_sequence, "cell op");
 }
 
 #[test]

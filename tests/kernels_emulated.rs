@@ -10,10 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use aviary::model::cpu_kernels as kernels;
 use aviary::model::dropout::{mask_key, Dropout};
-use aviary::model::kernels;
 use aviary::model::loss::cross_entropy;
-use aviary::model::lstm_cell::{LstmCellBwd, LstmCellFwd};
 use aviary::train::optim::RmsProp;
 use candle_core::{Device, Tensor, Var};
 use common::noise as data;
@@ -241,65 +240,6 @@ fn fused_op_cell_kernels_match_the_cpu_loops() {
             1e-6,
         );
     }
-}
-
-#[test]
-fn cell_op_kernels_match_the_cpu_op() {
-    let bin = emulator_or_skip!();
-    let (n, n4) = (ROWS * HIDDEN, 4 * ROWS * HIDDEN);
-    let (xp, hw, cp) = (data(n4, 5, 2.0), data(n4, 6, 2.0), data(n, 7, 1.0));
-    let t = |v: &[f32], shape: &[usize]| Tensor::from_slice(v, shape, &Device::Cpu).unwrap();
-    let want: Vec<f32> = t(&xp, &[ROWS, 4 * HIDDEN])
-        .apply_op3_no_bwd(
-            &t(&hw, &[ROWS, 4 * HIDDEN]),
-            &t(&cp, &[ROWS, HIDDEN]),
-            &LstmCellFwd,
-        )
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let got = launch_elems(
-        bin,
-        "lstm_cell_fwd",
-        n,
-        &[
-            A::U32(n),
-            A::U32(HIDDEN),
-            A::F(&xp),
-            A::F(&hw),
-            A::F(&cp),
-            A::F(&vec![0.0; 2 * n]),
-        ],
-    );
-    assert_close("cell op forward", &got[3], &want, 1e-6);
-
-    let gates: Vec<f32> = xp.iter().zip(&hw).map(|(a, b)| a + b).collect();
-    let grad = data(2 * n, 8, 1.0);
-    let want: Vec<f32> = t(&gates, &[ROWS, 4 * HIDDEN])
-        .apply_op3_no_bwd(
-            &t(&cp, &[ROWS, HIDDEN]),
-            &t(&grad, &[2, ROWS, HIDDEN]),
-            &LstmCellBwd,
-        )
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let got = launch_elems(
-        bin,
-        "lstm_cell_bwd",
-        n,
-        &[
-            A::U32(n),
-            A::U32(HIDDEN),
-            A::F(&gates),
-            A::F(&cp),
-            A::F(&grad),
-            A::F(&vec![0.0; 5 * n]),
-        ],
-    );
-    assert_close("cell op backward", &got[3], &want, 1e-6);
 }
 
 #[test]

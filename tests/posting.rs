@@ -1174,3 +1174,38 @@ fn queue_list_prices_the_posts() {
         "{out}"
     );
 }
+
+/// The TUI's refresh keeps the credentials it read and reads the file again only when it
+/// changes: a file made unreadable by mode alone (same contents) is not re-read, one rewritten
+/// is.
+#[test]
+fn the_credentials_cache_rereads_the_file_only_when_it_changes() {
+    use aviary::app::posting::{CredentialsCache, PostingSetup};
+    use aviary::app::{Config, Home};
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let home = Home::resolve(Some(dir.path().to_path_buf())).unwrap();
+    let config = Config::default();
+    let setup = PostingSetup::new(&home, &config, false);
+    let mut cache = CredentialsCache::default();
+    let bots = |cache: &mut CredentialsCache| -> Vec<String> {
+        let c = cache.get(&setup).unwrap().expect("not a forced dry run");
+        c.bots.keys().cloned().collect()
+    };
+    assert!(bots(&mut cache).is_empty(), "no file: no keys");
+    let path = dir.path().join("credentials.toml");
+    let write = |bot: &str| {
+        let text = format!("[bots.{bot}]\naccess_token = \"t-{bot}\"\naccess_secret = \"s\"\n");
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    };
+    write("b");
+    assert_eq!(bots(&mut cache), ["b"]);
+    // Mode 0644 changes neither the time nor the size: the cache does not read it again (a
+    // fresh read would refuse a file others can read).
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(aviary::twitter::Credentials::read_file(&path).is_err());
+    assert_eq!(bots(&mut cache), ["b"]);
+    write("longer");
+    assert_eq!(bots(&mut cache), ["longer"]);
+}

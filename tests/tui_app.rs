@@ -333,3 +333,33 @@ fn prompts_edit_in_the_middle_jump_words_delete_forward_and_undo() {
     assert!(app.state.input.is_none());
     assert_eq!(app.state.prime, format!("{undone}!"));
 }
+
+/// A refresh (every 5 seconds while the TUI runs) reads each table once, however many bots
+/// there are: the store's statements per refresh do not grow with the bots.
+#[test]
+fn a_refresh_costs_the_same_statements_for_one_bot_or_many() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = app_at(dir.path());
+    let per_refresh = |app: &mut App| {
+        let before = app.store_statements();
+        app.refresh().unwrap();
+        app.store_statements() - before
+    };
+    let one = per_refresh(&mut app);
+    assert!(one > 0, "the counter counts nothing");
+    // Five more bots, each with a queued tweet and a schedule.
+    let home = Home::resolve(Some(dir.path().to_path_buf())).unwrap();
+    let config = Config::default();
+    let mut store = home.open_store().unwrap();
+    for k in 0..5 {
+        let name = format!("bot{k}");
+        aviary::app::bots::new_bot(&mut store, &config, &name, None).unwrap();
+        aviary::app::posting::queue_text(&mut store, &name, &format!("tweet number {k} here"))
+            .unwrap();
+    }
+    drop(store);
+    let six = per_refresh(&mut app);
+    assert_eq!(app.state.bots.len(), 6);
+    assert_eq!(six, one, "statements per refresh grew with the bots");
+    assert!(one <= 8, "{one} statements for one refresh");
+}

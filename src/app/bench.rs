@@ -30,6 +30,8 @@ pub struct BenchRequest {
     pub hidden: usize,
     /// `cpu`, `cuda`, ...
     pub device: Option<String>,
+    /// TF32 tensor cores for f32 products on CUDA (`[train] tf32`).
+    pub tf32: bool,
 }
 
 impl Default for BenchRequest {
@@ -41,13 +43,14 @@ impl Default for BenchRequest {
             streams: vec![1, 64],
             hidden: 512,
             device: None,
+            tf32: false,
         }
     }
 }
 
 /// Runs the benchmark on `corpus` (any text) and returns one JSON object per measurement.
 pub fn run(corpus: &Path, req: &BenchRequest, mut report: impl FnMut(&Value)) -> Result<()> {
-    let device = super::pick_device(req.device.as_deref())?;
+    let device = super::pick_device(req.device.as_deref(), req.tf32)?;
     let mut text = String::new();
     std::fs::File::open(corpus)
         .and_then(|f| f.take(req.limit as u64 * 4).read_to_string(&mut text))

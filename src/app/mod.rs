@@ -1,6 +1,8 @@
-//! The use cases both faces call: manage bots and import their tweets, train a model on a
-//! corpus or a bot's tweets, generate candidates from a checkpoint, benchmark the engine.
-//! The only module that combines the parts.
+//! The use cases both faces call: manage bots and import their tweets, fine-tune and evaluate
+//! their models, generate and review candidates, queue and post them (the scheduler and its
+//! service), search hyperparameters, benchmark the engine; `jobs` runs the long ones on
+//! threads of their own. The only module that combines the parts, and all the faces see:
+//! what they need of the parts is re-exported here.
 
 pub mod bench;
 pub mod bots;
@@ -8,9 +10,10 @@ pub mod candidates;
 pub mod config;
 pub mod fetch;
 pub mod home;
+pub mod hyper_search;
+pub mod jobs;
 pub mod overview;
 pub mod posting;
-pub mod search;
 pub mod service;
 pub mod training;
 
@@ -18,7 +21,10 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 
+/// The formats `import` reads, and the clock the posting use cases read the time from.
+pub use crate::corpus::Format as ImportFormat;
 pub use crate::generate::QualityReport;
+pub use crate::schedule::SystemClock;
 /// The store's handle and rows, as the faces see them through the use cases here.
 pub use crate::store::{CandidateRow, QueueRow, QueueStatus, Store};
 /// What the faces see of a training run.
@@ -102,13 +108,13 @@ pub fn generate(config: &Config, req: &GenerateRequest) -> Result<(Vec<String>, 
 
 /// The device `spec` names (`cpu`, `cuda`, `cuda:N`), or the best available: CUDA when this
 /// build has it and a GPU answers, else the CPU.
-pub fn pick_device(spec: Option<&str>) -> Result<Device> {
-    // `AVIARY_TF32=1`: f32 matmuls on CUDA may use TF32 tensor cores (about three decimal
+pub fn pick_device(spec: Option<&str>, tf32: bool) -> Result<Device> {
+    // `[train] tf32`: f32 matmuls on CUDA may use TF32 tensor cores (about three decimal
     // digits per product; cuDNN's default math allows them on Ampere and newer).
     #[cfg(feature = "cuda")]
-    candle_core::cuda_backend::set_gemm_reduced_precision_f32(
-        std::env::var("AVIARY_TF32").is_ok_and(|v| v == "1"),
-    );
+    candle_core::cuda_backend::set_gemm_reduced_precision_f32(tf32);
+    #[cfg(not(feature = "cuda"))]
+    let _ = tf32;
     match spec {
         None => {
             if candle_core::utils::cuda_is_available() {

@@ -10,6 +10,7 @@ use super::posting::{self, Mode, PostingSetup, QueueSummary};
 use super::{Config, Home};
 use crate::schedule::Clock;
 use crate::store::{QueueStatus, Store};
+use crate::twitter::Credentials;
 use crate::{Error, Result};
 
 /// The sample bot's name.
@@ -41,16 +42,30 @@ pub struct BotOverview {
     pub mode: Mode,
 }
 
-/// Every bot at a glance, by name, each with its queue (one read of the store for both).
+/// Every bot at a glance, by name, each with its queue.
 pub fn overview(
     setup: &PostingSetup,
     store: &Store,
     clock: &dyn Clock,
 ) -> Result<Vec<(BotOverview, QueueSummary)>> {
-    let queues = posting::summary(setup, store, None, clock)?;
+    overview_with(setup, setup.credentials()?.as_ref(), store, clock)
+}
+
+/// [`overview`] posting with `creds` (read by the caller, who may keep them): four reads of
+/// the store in all (bots, their tweet counts, runs and queues), however many bots there are.
+pub fn overview_with(
+    setup: &PostingSetup,
+    creds: Option<&Credentials>,
+    store: &Store,
+    clock: &dyn Clock,
+) -> Result<Vec<(BotOverview, QueueSummary)>> {
+    let bots = store.bots()?;
+    let mut counts = store.all_tweet_counts()?;
+    let mut runs = store.all_runs()?;
+    let queues = posting::summarize(setup, creds, &bots, store.queue(None)?, clock.now())?;
     let mut out = Vec::new();
-    for ((bot, counts), q) in bots::list_bots(store)?.into_iter().zip(queues) {
-        let runs = store.runs(bot.id)?;
+    for (bot, q) in bots.into_iter().zip(queues) {
+        let runs = runs.remove(&bot.id).unwrap_or_default();
         let model_run = runs.iter().rev().find(|r| {
             Some(&r.checkpoint_dir) == bot.active_checkpoint.as_ref() && r.kind != "search"
         });
@@ -58,7 +73,7 @@ pub fn overview(
         let view = BotOverview {
             name: bot.name.clone(),
             handle: bot.handle.clone(),
-            kept: counts.kept,
+            kept: counts.remove(&bot.id).unwrap_or_default().kept,
             fine_tuned: bot.active_checkpoint.is_some(),
             best_val_loss: model_run.and_then(|r| r.best_val_loss),
             resumable: last.is_some_and(|r| r.status == "stopped"),

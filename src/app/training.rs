@@ -199,7 +199,7 @@ pub fn train(
     events: &Sender<TrainEvent>,
     cancel: &AtomicBool,
 ) -> Result<TrainOutcome> {
-    let device = pick_device(req.device.as_deref())?;
+    let device = pick_device(req.device.as_deref(), config.train.tf32)?;
     match &req.data {
         TrainData::Files(paths) => {
             let dir = req.checkpoint_dir.clone().ok_or_else(|| {
@@ -444,7 +444,7 @@ pub fn eval(
     events: &Sender<TrainEvent>,
     cancel: &AtomicBool,
 ) -> Result<Vec<EvalRow>> {
-    let device = pick_device(device)?;
+    let device = pick_device(device, config.train.tf32)?;
     let source = BotTweets::open(home.open_store()?, name)?;
     let bot = source.bot().clone();
     let Some(active) = &bot.active_checkpoint else {
@@ -514,7 +514,7 @@ pub fn eval_corpus(
     split: Option<SplitRule>,
     device: Option<&str>,
 ) -> Result<Vec<EvalRow>> {
-    let device = pick_device(device)?;
+    let device = pick_device(device, config.train.tf32)?;
     let source = Corpus(PlainTextFiles::open(files)?);
     let mut models = vec![("built-in".to_string(), super::base_checkpoint(&device)?)];
     for dir in checkpoints {

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 
 use crate::app::bots::{self, ImportRequest};
+use crate::app::ImportFormat as Format;
 use crate::app::{Config, Home};
-use crate::corpus::Format;
 use crate::{Error, Result};
 
 /// `aviary bot`.
@@ -259,11 +259,7 @@ pub fn import(config: &Config, home: &Home, a: ImportArgs) -> Result<()> {
     let format = a.format.as_deref().map(str::parse::<Format>).transpose()?;
     let mut store = home.open_store()?;
     if let Some(handle) = &a.fetch {
-        let setup = crate::app::posting::PostingSetup {
-            home,
-            config,
-            force_dry_run: false,
-        };
+        let setup = crate::app::posting::PostingSetup::new(home, config, false);
         let f = crate::app::fetch::fetch(&setup, &mut store, &a.bot, handle, a.max)?;
         println!(
             "fetched {} tweets of @{} into {} (pages kept in {})",

@@ -376,7 +376,9 @@ pub struct BenchArgs {
 }
 
 /// Parses the command line and runs it.
-pub fn run() -> Result<()> {
+/// Parses the command line and sets up what every face needs (threads, logging, the config):
+/// `main` then hands the subcommand to [`run`], or opens the TUI when there is none.
+pub fn setup() -> Result<(Cli, Config)> {
     let cli = Cli::parse();
     if let Some(n) = cli.threads {
         // candle and rayon both read this; it must be set before either starts its pool.
@@ -402,10 +404,19 @@ pub fn run() -> Result<()> {
         })
         .init();
     let config = Config::load(cli.config.as_deref())?;
-    let home = || Home::resolve(cli.home.clone());
-    let Some(command) = cli.command else {
-        return crate::tui::run(home()?, config, cli.config.clone());
-    };
+    Ok((cli, config))
+}
+
+impl Cli {
+    /// The aviary home: `--home`, `AVIARY_HOME` or the platform's data directory.
+    pub fn home(&self) -> Result<Home> {
+        Home::resolve(self.home.clone())
+    }
+}
+
+/// Runs subcommand `command` of `cli`.
+pub fn run(cli: &Cli, command: Command, config: Config) -> Result<()> {
+    let home = || cli.home();
     match command {
         Command::Bot(a) => bots::bot(&config, &home()?, a),
         Command::Import(a) => bots::import(&config, &home()?, a),
@@ -425,7 +436,7 @@ pub fn run() -> Result<()> {
         Command::Search(a) => search(&config, home, a),
         Command::Candidates(a) => candidates(&home()?, a),
         Command::Generate(a) => generate(&config, home, a),
-        Command::Bench(a) => bench(a),
+        Command::Bench(a) => bench(&config, a),
         Command::Auth(a) => posting::auth(&config, &home()?, a),
         Command::Queue(a) => posting::queue(&config, &home()?, a),
         Command::PostNow(a) => posting::post_now(&config, &home()?, a),
@@ -566,7 +577,7 @@ fn search(config: &Config, home: impl FnOnce() -> Result<Home>, a: SearchArgs) -
         }
     };
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
-    let req = app::search::SearchRequest {
+    let req = app::hyper_search::SearchRequest {
         data,
         trials: a.trials,
         budget_seconds: a.budget,
@@ -578,7 +589,7 @@ fn search(config: &Config, home: impl FnOnce() -> Result<Home>, a: SearchArgs) -
     let (tx, rx) = mpsc::channel();
     let trials = std::thread::scope(|s| {
         let worker = s.spawn(move || {
-            app::search::search(config, &req, &tx, &cancel, |t| {
+            app::hyper_search::search(config, &req, &tx, &cancel, |t| {
                 eprintln!(
                     "trial {}: lr {:.2e}, dropout {:.2}, batch {} -> val {}",
                     t.trial,
@@ -860,12 +871,13 @@ fn print_report(r: &app::QualityReport) {
     );
 }
 
-fn bench(a: BenchArgs) -> Result<()> {
+fn bench(config: &Config, a: BenchArgs) -> Result<()> {
     let req = BenchRequest {
         steps: a.steps,
         gen_chars: a.gen_chars,
         hidden: a.hidden,
         device: a.device,
+        tf32: config.train.tf32,
         ..BenchRequest::default()
     };
     app::bench::run(&a.corpus, &req, |v| println!("{v}"))

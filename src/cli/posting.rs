@@ -10,8 +10,7 @@ use chrono::{NaiveDate, Utc};
 use clap::{Args, Subcommand};
 
 use crate::app::posting::{self, PostEvent, PostingSetup, RunOptions};
-use crate::app::{Config, Home};
-use crate::schedule::SystemClock;
+use crate::app::{Config, Home, SystemClock};
 use crate::{Error, Result};
 
 /// `aviary auth`.
@@ -159,11 +158,7 @@ fn print_status(
         (true, None) => println!("scheduler running in a terminal (`aviary schedule run`)"),
         (false, _) => println!("scheduler not running: start it with `aviary schedule start`"),
     }
-    let setup = PostingSetup {
-        home,
-        config,
-        force_dry_run: false,
-    };
+    let setup = PostingSetup::new(home, config, false);
     for (bot, _) in crate::app::overview::overview(&setup, store, &SystemClock)? {
         let next = bot
             .next_post
@@ -211,11 +206,7 @@ pub fn queue(config: &Config, home: &Home, a: QueueArgs) -> Result<()> {
     let mut store = home.open_store()?;
     match a.command {
         QueueCommand::List { bot } => {
-            let setup = PostingSetup {
-                home,
-                config,
-                force_dry_run: false,
-            };
+            let setup = PostingSetup::new(home, config, false);
             let all = posting::summary(&setup, &store, bot.as_deref(), &SystemClock)?;
             if all.is_empty() {
                 println!("no bots yet; create one with `aviary bot new NAME`");
@@ -309,11 +300,7 @@ fn stop_flag() -> Result<Arc<AtomicBool>> {
 /// Runs `aviary post-now`.
 pub fn post_now(config: &Config, home: &Home, a: PostNowArgs) -> Result<()> {
     let mut store = home.open_store()?;
-    let setup = PostingSetup {
-        home,
-        config,
-        force_dry_run: a.dry_run,
-    };
+    let setup = PostingSetup::new(home, config, a.dry_run);
     let e = posting::post_now(&setup, &mut store, a.id, &SystemClock, &mut log)?;
     println!("#{}: {}", e.id, e.status);
     match e.status {
@@ -345,11 +332,7 @@ pub fn schedule(
             once,
             log: log_file,
         } => {
-            let setup = PostingSetup {
-                home,
-                config,
-                force_dry_run: dry_run,
-            };
+            let setup = PostingSetup::new(home, config, dry_run);
             let stop = stop_flag()?;
             let opts = RunOptions { bots, once };
             let mut file = log_file

@@ -96,7 +96,7 @@ pub fn sample_token(
         .fold(f32::NEG_INFINITY, f32::max);
     scratch.clear();
     scratch.extend(
-        candidates().map(|(i, &l)| (crate::model::kernels::exp((l - max) * inv_t), i as u32)),
+        candidates().map(|(i, &l)| (crate::model::cpu_kernels::exp((l - max) * inv_t), i as u32)),
     );
     let limit_k = cfg.top_k > 0 && cfg.top_k < scratch.len();
     if limit_k || cfg.top_p < 1.0 {

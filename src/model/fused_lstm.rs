@@ -18,15 +18,12 @@ use super::lstm_plan::{self, Buf, CpuEngine, Dims};
 /// Runs an LSTM layer over a sequence from zero state: `x` [T, B, I] is the layer input
 /// with a last column of ones, `w_in` [4H, I] is W_ih with the summed biases as last column,
 /// `w_hh` [4H, H]; returns the hidden states [T, B, H]. In f32 on the CPU and on CUDA this is
-/// the fused op (on CUDA: cuBLAS and two kernels, see [`super::lstm_cuda`]); with
-/// `AVIARY_CUDA_LSTM=cell`, CUDA runs the per-step cell op instead ([`super::lstm_cell`]);
-/// other dtypes run the unfused candle ops.
+/// the fused op (on CUDA: cuBLAS and two kernels, see [`super::lstm_cuda`]); other dtypes run
+/// the unfused candle ops.
 pub fn lstm_sequence(x: &Tensor, w_in: &Tensor, w_hh: &Tensor) -> candle_core::Result<Tensor> {
     let device = x.device();
     if x.dtype() != DType::F32 || !(device.is_cpu() || device.is_cuda()) {
         lstm_reference(x, w_in, w_hh)
-    } else if device.is_cuda() && cuda_cell_path() {
-        super::lstm_cell::lstm_cell_sequence(x, w_in, w_hh)
     } else {
         x.contiguous()?.apply_op3(
             &w_in.contiguous()?,
@@ -34,13 +31,6 @@ pub fn lstm_sequence(x: &Tensor, w_in: &Tensor, w_hh: &Tensor) -> candle_core::R
             FusedLstm::default(),
         )
     }
-}
-
-/// Whether `AVIARY_CUDA_LSTM=cell` asks CUDA for the per-step cell op (read once): the
-/// alternative GPU path, kept until both have been measured on a GPU.
-fn cuda_cell_path() -> bool {
-    static CELL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *CELL.get_or_init(|| std::env::var("AVIARY_CUDA_LSTM").is_ok_and(|v| v == "cell"))
 }
 
 /// The unfused formulation, step by step with candle ops: the reference the fused op is
@@ -365,13 +355,6 @@ mod tests {
         check_against_reference(lstm_sequence, "fused-lstm", 7);
         // One step: no recurrent product at all, and dW_hh is zero.
         check_against_reference(lstm_sequence, "fused-lstm, one step", 1);
-    }
-
-    /// The GPU path's cell op, run on the CPU: its CUDA kernels transcribe the functions
-    /// this checks.
-    #[test]
-    fn cell_op_matches_autograd_reference() {
-        check_against_reference(super::super::lstm_cell::lstm_cell_sequence, "lstm-cell", 7);
     }
 
     /// Gradients of the fused op against central finite differences in f64 arithmetic on a

@@ -1,61 +1,10 @@
 // aviary's CUDA kernels (built to PTX by build.rs with `--features cuda`): the LSTM cell's
-// pointwise work for the fused op and for the per-step cell op, dropout's mask, the softmax
+// pointwise work for the fused op, dropout's mask, the softmax
 // cross-entropy and the RMSprop update. Each is a transcription of a CPU function named beside
 // it, which the CPU tests check (and tests/kernels_emulated.rs checks the two against each
 // other). Gate order i, f, g, o; one thread per element unless said otherwise.
 
 #include "tensor_list.h"
-
-// The per-step cell op (src/model/lstm_cell.rs, `AVIARY_CUDA_LSTM=cell`): transcriptions of
-// that file's `cell_forward` and `cell_backward`.
-
-extern "C" __global__ void lstm_cell_fwd(
-    const unsigned int bh,      // B * H
-    const unsigned int hidden,  // H
-    const float *xp,            // [B, 4H] input projection of this step
-    const float *hw,            // [B, 4H] h_prev x W_hh^T
-    const float *c_prev,        // [B, H]
-    float *out                  // [2, B, H]: h, then c
-) {
-    const unsigned int j = blockIdx.x * blockDim.x + threadIdx.x;
-    if (j >= bh) return;
-    const unsigned int b = j / hidden, k = j % hidden;
-    const unsigned int g0 = b * 4 * hidden + k;
-    const float i = 1.0f / (1.0f + expf(-(xp[g0] + hw[g0])));
-    const float f = 1.0f / (1.0f + expf(-(xp[g0 + hidden] + hw[g0 + hidden])));
-    const float g = tanhf(xp[g0 + 2 * hidden] + hw[g0 + 2 * hidden]);
-    const float o = 1.0f / (1.0f + expf(-(xp[g0 + 3 * hidden] + hw[g0 + 3 * hidden])));
-    const float c = f * c_prev[j] + i * g;
-    out[j] = o * tanhf(c);
-    out[bh + j] = c;
-}
-
-extern "C" __global__ void lstm_cell_bwd(
-    const unsigned int bh,      // B * H
-    const unsigned int hidden,  // H
-    const float *gates,         // [B, 4H] pre-activation gates (xp + hw)
-    const float *c_prev,        // [B, H]
-    const float *grad,          // [2, B, H]: dL/dh, then dL/dc
-    float *out                  // [B*4H + B*H]: dL/dgates, then dL/dc_prev
-) {
-    const unsigned int j = blockIdx.x * blockDim.x + threadIdx.x;
-    if (j >= bh) return;
-    const unsigned int b = j / hidden, k = j % hidden;
-    const unsigned int g0 = b * 4 * hidden + k;
-    const float i = 1.0f / (1.0f + expf(-gates[g0]));
-    const float f = 1.0f / (1.0f + expf(-gates[g0 + hidden]));
-    const float g = tanhf(gates[g0 + 2 * hidden]);
-    const float o = 1.0f / (1.0f + expf(-gates[g0 + 3 * hidden]));
-    const float cp = c_prev[j];
-    const float tc = tanhf(f * cp + i * g);
-    const float dh = grad[j];
-    const float dc = grad[bh + j] + dh * o * (1.0f - tc * tc);
-    out[g0] = dc * g * i * (1.0f - i);
-    out[g0 + hidden] = dc * cp * f * (1.0f - f);
-    out[g0 + 2 * hidden] = dc * i * (1.0f - g * g);
-    out[g0 + 3 * hidden] = dh * tc * o * (1.0f - o);
-    out[4 * bh + j] = dc * f;
-}
 
 // The fused op's cell steps (src/model/lstm_cuda.rs), one thread per (row, unit):
 // transcriptions of `cell_forward` and `cell_backward` in src/model/kernels.rs, which the

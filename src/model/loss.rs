@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::kernels;
+use super::cpu_kernels as kernels;
 
 /// Mean cross-entropy (nats) of `targets` [N] (u32) under `logits` [N, V]: fused in f32 on the
 /// CPU and on CUDA, candle's composed ops otherwise.

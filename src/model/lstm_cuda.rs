@@ -1,8 +1,8 @@
 //! The fused LSTM op on CUDA: [`super::lstm_plan`]'s plan run with cuBLAS `gemmEx` on candle's
 //! stream and cublas handle, and two kernels of `kernels.cu` (`lstm_seq_cell_fwd`,
-//! `lstm_seq_cell_bwd`, transcriptions of `kernels::cell_forward` / `cell_backward`). A
+//! `lstm_seq_cell_bwd`, transcriptions of `cpu_kernels::cell_forward` / `cell_backward`). A
 //! forward pass is 1 + 2T launches, a backward pass 2T + 3: no allocation, graph node or host
-//! round trip per step, where the per-step cell op pays candle's for each of its ops.
+//! round trip per step.
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::cublas::result::gemm_ex;
@@ -74,7 +74,7 @@ impl Engine for CudaEngine {
             }
         };
         let (alpha, beta) = (1f32, call.beta);
-        // TF32 tensor cores only when asked for (AVIARY_TF32=1), as candle's own matmuls.
+        // TF32 tensor cores only when asked for (`[train] tf32`), as candle's own matmuls.
         let compute = if candle_core::cuda_backend::gemm_reduced_precision_f32() {
             cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
         } else {

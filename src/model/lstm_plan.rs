@@ -4,11 +4,11 @@
 //! kernels on CUDA. One plan serves both, so the CPU tests of the fused op (against autograd
 //! and finite differences) check the GPU's order of work, offsets and transposes too; what is
 //! left to the GPU is [`RowGemm::cublas`] (tested here against a column-major emulator) and
-//! the two kernels (transcriptions of `kernels::cell_forward` / `cell_backward`).
+//! the two kernels (transcriptions of `cpu_kernels::cell_forward` / `cell_backward`).
 
 use std::borrow::Cow;
 
-use super::kernels::{gemm, par_cell_backward, par_cell_forward, Mat, PackedB};
+use super::cpu_kernels::{gemm, par_cell_backward, par_cell_forward, Mat, PackedB};
 
 /// The sizes of one layer's run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,7 +144,7 @@ pub trait Engine {
     /// The product `c (+)= op(a) op(b)`; `c` is never the buffer of `a` or `b`.
     fn gemm(&mut self, g: RowGemm, a: At, b: At, c: At) -> candle_core::Result<()>;
 
-    /// `kernels::cell_forward` over `rows` rows: `gates` [rows,4H] pre-activations in,
+    /// `cpu_kernels::cell_forward` over `rows` rows: `gates` [rows,4H] pre-activations in,
     /// activations out; writes `c`, `tanh_c` and `h` [rows,H]; `c_prev` None means zeros.
     #[allow(clippy::too_many_arguments)]
     fn cell_forward(

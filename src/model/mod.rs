@@ -6,18 +6,17 @@
 //! Knows no corpus, bot, database or screen.
 
 pub mod checkpoint;
+pub mod cpu_kernels;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
 pub mod dropout;
 pub mod fused_lstm;
-pub mod kernels;
 pub mod loss;
-pub mod lstm_cell;
 #[cfg(feature = "cuda")]
 pub mod lstm_cuda;
 pub mod lstm_plan;
+pub mod sampling_step;
 pub mod score;
-pub mod step;
 pub mod vocab;
 
 use std::collections::HashMap;
@@ -31,8 +30,8 @@ use serde::{Deserialize, Serialize};
 
 pub use checkpoint::{Card, Checkpoint};
 pub use dropout::Dropout;
+pub use sampling_step::{StepState, StepWeights};
 pub use score::{score_tweets, TweetScore};
-pub use step::{StepState, StepWeights};
 pub use vocab::{Vocab, EOT, UNK};
 
 use crate::Result;

@@ -11,10 +11,14 @@ mod queue;
 
 pub use queue::{QueueRow, QueueStatus};
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::trace::{TraceEvent, TraceEventCodes};
 use rusqlite::types::{FromSql, FromSqlResult, ToSqlOutput, ValueRef};
 use rusqlite::{
     params, Connection, OpenFlags, OptionalExtension, ToSql, Transaction, TransactionBehavior,
@@ -305,23 +309,52 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Counts the SQL statements this connection runs from now on (each execution once), so
+    /// that a caller can see what a screen's refresh costs (`--debug` logs it).
+    pub fn count_statements(&mut self) -> Result<Arc<AtomicU64>> {
+        let count = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&count);
+        self.conn.trace_v2(
+            TraceEventCodes::SQLITE_TRACE_STMT,
+            Some(move |_: TraceEvent<'_>| {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }),
+        )?;
+        Ok(count)
+    }
+
     /// How many tweets `bot` has, kept and dropped.
     pub fn tweet_counts(&self, bot: BotId) -> Result<TweetCounts> {
+        Ok(self
+            .tweet_counts_of(Some(bot))?
+            .remove(&bot)
+            .unwrap_or_default())
+    }
+
+    /// Every bot's tweet counts, in one read (bots without tweets are absent).
+    pub fn all_tweet_counts(&self) -> Result<HashMap<BotId, TweetCounts>> {
+        self.tweet_counts_of(None)
+    }
+
+    fn tweet_counts_of(&self, bot: Option<BotId>) -> Result<HashMap<BotId, TweetCounts>> {
         let mut st = self.conn.prepare_cached(
-            "SELECT kept, drop_reason, count(*), sum(length(text)) FROM tweets WHERE bot_id = ?1
-             GROUP BY kept, drop_reason ORDER BY drop_reason",
+            "SELECT bot_id, kept, drop_reason, count(*), sum(length(text)) FROM tweets
+             WHERE ?1 IS NULL OR bot_id = ?1
+             GROUP BY bot_id, kept, drop_reason ORDER BY bot_id, drop_reason",
         )?;
-        let mut c = TweetCounts::default();
+        let mut all: HashMap<BotId, TweetCounts> = HashMap::new();
         let rows = st.query_map([bot], |r| {
             Ok((
-                r.get::<_, bool>(0)?,
-                r.get::<_, Option<String>>(1)?,
-                r.get::<_, i64>(2)? as u64,
-                r.get::<_, Option<i64>>(3)?.unwrap_or(0) as u64,
+                r.get::<_, BotId>(0)?,
+                r.get::<_, bool>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, i64>(3)? as u64,
+                r.get::<_, Option<i64>>(4)?.unwrap_or(0) as u64,
             ))
         })?;
         for row in rows {
-            let (kept, reason, n, chars) = row?;
+            let (bot, kept, reason, n, chars) = row?;
+            let c = all.entry(bot).or_default();
             c.total += n;
             if kept {
                 c.kept += n;
@@ -330,7 +363,7 @@ impl Store {
                 c.dropped.push((reason.unwrap_or_default(), n));
             }
         }
-        Ok(c)
+        Ok(all)
     }
 
     /// Up to `limit` kept tweets of `bot` after row `after`, in row order: `(row, text)`.
@@ -386,26 +419,42 @@ impl Store {
 
     /// Every training run of `bot`, oldest first.
     pub fn runs(&self, bot: BotId) -> Result<Vec<Run>> {
+        Ok(self.runs_of(Some(bot))?.remove(&bot).unwrap_or_default())
+    }
+
+    /// Every bot's runs, oldest first, in one read (bots without runs are absent).
+    pub fn all_runs(&self) -> Result<HashMap<BotId, Vec<Run>>> {
+        self.runs_of(None)
+    }
+
+    fn runs_of(&self, bot: Option<BotId>) -> Result<HashMap<BotId, Vec<Run>>> {
         let mut st = self.conn.prepare_cached(
-            "SELECT id, kind, started_at, finished_at, status, hyperparams, checkpoint_dir, steps,
-                    best_val_loss, losses, error FROM training_runs WHERE bot_id = ?1 ORDER BY id",
+            "SELECT bot_id, id, kind, started_at, finished_at, status, hyperparams, checkpoint_dir,
+                    steps, best_val_loss, losses, error FROM training_runs
+             WHERE ?1 IS NULL OR bot_id = ?1 ORDER BY id",
         )?;
+        let mut all: HashMap<BotId, Vec<Run>> = HashMap::new();
         let rows = st.query_map([bot], |r| {
-            Ok(Run {
-                id: r.get(0)?,
-                kind: r.get(1)?,
-                started_at: r.get(2)?,
-                finished_at: r.get(3)?,
-                status: r.get(4)?,
-                hyperparams: r.get(5)?,
-                checkpoint_dir: r.get(6)?,
-                steps: r.get::<_, Option<i64>>(7)?.map(|s| s as u64),
-                best_val_loss: r.get(8)?,
-                losses: r.get(9)?,
-                error: r.get(10)?,
-            })
+            let run = Run {
+                id: r.get(1)?,
+                kind: r.get(2)?,
+                started_at: r.get(3)?,
+                finished_at: r.get(4)?,
+                status: r.get(5)?,
+                hyperparams: r.get(6)?,
+                checkpoint_dir: r.get(7)?,
+                steps: r.get::<_, Option<i64>>(8)?.map(|s| s as u64),
+                best_val_loss: r.get(9)?,
+                losses: r.get(10)?,
+                error: r.get(11)?,
+            };
+            Ok((r.get::<_, BotId>(0)?, run))
         })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        for row in rows {
+            let (bot, run) = row?;
+            all.entry(bot).or_default().push(run);
+        }
+        Ok(all)
     }
 }
 

@@ -30,6 +30,18 @@ use crate::{Error, Result};
 /// File name of the resume state (latest weights and optimizer state) in a checkpoint dir.
 pub const STATE_FILE: &str = "state.safetensors";
 
+/// How fast a run goes: what its speed and time-left figures are computed from.
+struct Pace {
+    started: Instant,
+    /// Training seconds of the run before this process took it up.
+    seconds_before: f64,
+    start_step: u64,
+    total: u64,
+    chars_per_step: f64,
+    /// Characters per second, a moving average.
+    speed: f64,
+}
+
 /// Training hyperparameters. Stored in every checkpoint card.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -76,6 +88,9 @@ pub struct TrainConfig {
     pub shuffle_windows: usize,
     /// Seed of everything random: initial weights, shuffling, dropout.
     pub seed: u64,
+    /// On CUDA, let f32 matrix products use TF32 tensor cores (about three decimal digits per
+    /// product, as cuDNN's default math on Ampere and newer). No effect on the CPU.
+    pub tf32: bool,
 }
 
 impl Default for TrainConfig {
@@ -101,6 +116,7 @@ impl Default for TrainConfig {
             min_char_count: 3,
             shuffle_windows: 8192,
             seed: 42,
+            tf32: false,
         }
     }
 }
@@ -673,14 +689,55 @@ impl<'a> Trainer<'a> {
     /// Trains until the epochs, the step limit, early stopping or `cancel` end the run.
     /// Progress goes to `events` (a dropped receiver does not stop training).
     pub fn run(&mut self, events: &Sender<TrainEvent>, cancel: &AtomicBool) -> Result<StopReason> {
-        let steps_per_epoch = self.steps_per_epoch();
-        let total = self.total_steps();
-        let start_step = self.progress.step;
+        let mut pace = self.announce_start(events);
+        self.progress.stopped = None;
+        let mut last_loss = f64::NAN;
+        let reason = 'run: loop {
+            if self.progress.epoch >= self.config.num_epochs {
+                break StopReason::Completed;
+            }
+            let source = self.source;
+            let vocab = self.vocab.clone();
+            let mut stream = BatchStream::new(source, &vocab, self.epoch_spec())?
+                .skip(self.progress.batch_in_epoch as usize);
+            loop {
+                if let Some(reason) = self.stop_asked(cancel) {
+                    break 'run reason;
+                }
+                let Some(batch) = stream.next().transpose()? else {
+                    break;
+                };
+                last_loss = self.step_and_report(&batch, &mut pace, events)?;
+                if self.config.val_every > 0
+                    && self.progress.step.is_multiple_of(self.config.val_every)
+                    && self.validate_and_save(last_loss, events)?
+                {
+                    break 'run StopReason::EarlyStopped;
+                }
+            }
+            if self.end_epoch(last_loss, events)? {
+                break StopReason::EarlyStopped;
+            }
+        };
+        self.finish(reason, &pace, events)
+    }
+
+    /// Says the run starts (its size, the device, the characters the vocabulary lacks) and
+    /// starts timing it.
+    fn announce_start(&self, events: &Sender<TrainEvent>) -> Pace {
+        let pace = Pace {
+            started: Instant::now(),
+            seconds_before: self.progress.train_seconds,
+            start_step: self.progress.step,
+            total: self.total_steps(),
+            chars_per_step: (self.config.batch_size * self.config.seq_len) as f64,
+            speed: 0.0,
+        };
         let (unknown_distinct, unknown_chars) = self.unknown_chars();
         let _ = events.send(TrainEvent::Started {
-            steps_per_epoch,
-            total_steps: total,
-            start_step,
+            steps_per_epoch: self.steps_per_epoch(),
+            total_steps: pace.total,
+            start_step: pace.start_step,
             train_chars: self.stats.train_tokens,
             val_chars: self.stats.val_tokens,
             vocab_size: self.vocab.len(),
@@ -695,98 +752,105 @@ impl<'a> Trainer<'a> {
             unknown_chars,
             unknown_distinct,
         });
-        let chars_per_step = (self.config.batch_size * self.config.seq_len) as f64;
-        let started = Instant::now();
-        let seconds_before = self.progress.train_seconds;
-        self.progress.stopped = None;
-        let mut speed = 0f64;
-        let mut last_loss = f64::NAN;
-        let reason = 'run: loop {
-            if self.progress.epoch >= self.config.num_epochs {
-                break StopReason::Completed;
-            }
-            let spec = StreamSpec {
-                split: Split::Train,
-                val_fraction: self.config.val_fraction,
-                rules: self.rules,
-                batch: self.config.batch_size,
-                seq_len: self.config.seq_len,
-                shuffle_windows: self.config.shuffle_windows,
-                seed: mix(self.config.seed, 1_000_000 + self.progress.epoch),
-                keep_partial: false,
-            };
-            let source = self.source;
-            let vocab = self.vocab.clone();
-            let mut stream =
-                BatchStream::new(source, &vocab, spec)?.skip(self.progress.batch_in_epoch as usize);
-            loop {
-                if cancel.load(Ordering::Relaxed) {
-                    break 'run StopReason::Cancelled;
-                }
-                if self.config.max_steps > 0 && self.progress.step >= self.config.max_steps {
-                    break 'run StopReason::MaxSteps;
-                }
-                if self.config.max_seconds > 0.0
-                    && self.progress.train_seconds >= self.config.max_seconds
-                {
-                    break 'run StopReason::TimeLimit;
-                }
-                let Some(batch) = stream.next().transpose()? else {
-                    break;
-                };
-                let t0 = Instant::now();
-                last_loss = self.train_step(&batch)?;
-                if !last_loss.is_finite() {
-                    return Err(Error::invalid(
-                        format!(
-                            "training diverged at step {}: loss is {last_loss}",
-                            self.progress.step
-                        ),
-                        "resume with a lower --learning-rate (the last saved state is intact)",
-                    ));
-                }
-                let dt = t0.elapsed().as_secs_f64();
-                speed = if speed == 0.0 {
-                    chars_per_step / dt
-                } else {
-                    0.9 * speed + 0.1 * chars_per_step / dt
-                };
-                self.progress.step += 1;
-                self.progress.batch_in_epoch += 1;
-                self.progress.train_seconds = seconds_before + started.elapsed().as_secs_f64();
-                let done_here = (self.progress.step - start_step) as f64;
-                let eta = started.elapsed().as_secs_f64() / done_here
-                    * total.saturating_sub(self.progress.step) as f64;
-                let _ = events.send(TrainEvent::Step {
-                    step: self.progress.step,
-                    epoch: self.progress.epoch,
-                    batch_in_epoch: self.progress.batch_in_epoch,
-                    loss: last_loss,
-                    chars_per_s: speed,
-                    eta_s: eta,
-                });
-                if self.config.val_every > 0
-                    && self.progress.step.is_multiple_of(self.config.val_every)
-                    && self.validate_and_save(last_loss, events)?
-                {
-                    break 'run StopReason::EarlyStopped;
-                }
-            }
-            // Epoch end: validate unless that just happened.
-            self.progress.epoch += 1;
-            self.progress.batch_in_epoch = 0;
-            let just_validated = self
-                .history
-                .last()
-                .is_some_and(|h| h.0 == self.progress.step);
-            if !just_validated && self.validate_and_save(last_loss, events)? {
-                break StopReason::EarlyStopped;
-            }
-            if just_validated {
-                self.save_state()?;
-            }
+        pace
+    }
+
+    /// This epoch's training batches: its own shuffle, from the epoch's seed.
+    fn epoch_spec(&self) -> StreamSpec {
+        StreamSpec {
+            split: Split::Train,
+            val_fraction: self.config.val_fraction,
+            rules: self.rules,
+            batch: self.config.batch_size,
+            seq_len: self.config.seq_len,
+            shuffle_windows: self.config.shuffle_windows,
+            seed: mix(self.config.seed, 1_000_000 + self.progress.epoch),
+            keep_partial: false,
+        }
+    }
+
+    /// Why to stop before the next step, if anything says so: Ctrl-C, the step or time limit.
+    fn stop_asked(&self, cancel: &AtomicBool) -> Option<StopReason> {
+        if cancel.load(Ordering::Relaxed) {
+            Some(StopReason::Cancelled)
+        } else if self.config.max_steps > 0 && self.progress.step >= self.config.max_steps {
+            Some(StopReason::MaxSteps)
+        } else if self.config.max_seconds > 0.0
+            && self.progress.train_seconds >= self.config.max_seconds
+        {
+            Some(StopReason::TimeLimit)
+        } else {
+            None
+        }
+    }
+
+    /// One training step on `batch`, counted and reported with the speed and time left;
+    /// returns its loss (an error if it diverged).
+    fn step_and_report(
+        &mut self,
+        batch: &Batch,
+        pace: &mut Pace,
+        events: &Sender<TrainEvent>,
+    ) -> Result<f64> {
+        let t0 = Instant::now();
+        let loss = self.train_step(batch)?;
+        if !loss.is_finite() {
+            return Err(Error::invalid(
+                format!(
+                    "training diverged at step {}: loss is {loss}",
+                    self.progress.step
+                ),
+                "resume with a lower --learning-rate (the last saved state is intact)",
+            ));
+        }
+        let rate = pace.chars_per_step / t0.elapsed().as_secs_f64();
+        pace.speed = if pace.speed == 0.0 {
+            rate
+        } else {
+            0.9 * pace.speed + 0.1 * rate
         };
-        self.progress.train_seconds = seconds_before + started.elapsed().as_secs_f64();
+        self.progress.step += 1;
+        self.progress.batch_in_epoch += 1;
+        self.progress.train_seconds = pace.seconds_before + pace.started.elapsed().as_secs_f64();
+        let done_here = (self.progress.step - pace.start_step) as f64;
+        let eta = pace.started.elapsed().as_secs_f64() / done_here
+            * pace.total.saturating_sub(self.progress.step) as f64;
+        let _ = events.send(TrainEvent::Step {
+            step: self.progress.step,
+            epoch: self.progress.epoch,
+            batch_in_epoch: self.progress.batch_in_epoch,
+            loss,
+            chars_per_s: pace.speed,
+            eta_s: eta,
+        });
+        Ok(loss)
+    }
+
+    /// An epoch's end: validates (unless the last step just did) and saves; returns whether
+    /// early stopping says stop.
+    fn end_epoch(&mut self, last_loss: f64, events: &Sender<TrainEvent>) -> Result<bool> {
+        self.progress.epoch += 1;
+        self.progress.batch_in_epoch = 0;
+        let just_validated = self
+            .history
+            .last()
+            .is_some_and(|h| h.0 == self.progress.step);
+        if just_validated {
+            self.save_state()?;
+            return Ok(false);
+        }
+        self.validate_and_save(last_loss, events)
+    }
+
+    /// The run's end for `reason`: the latest weights' loss reported, a usable model and the
+    /// resumable state saved.
+    fn finish(
+        &mut self,
+        reason: StopReason,
+        pace: &Pace,
+        events: &Sender<TrainEvent>,
+    ) -> Result<StopReason> {
+        self.progress.train_seconds = pace.seconds_before + pace.started.elapsed().as_secs_f64();
         self.progress.stopped = Some(reason);
         if self
             .history

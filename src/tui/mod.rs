@@ -1,9 +1,8 @@
 //! The terminal UI (`aviary` with no subcommand): bots, training, generation and queue panes
 //! over the same `app` operations the CLI calls. [`App`] owns the state and turns keys and
 //! job events into `app` calls and state changes; `ui` draws the state; slow work runs in
-//! `event`'s threads. The terminal is restored on exit, on error and on panic.
+//! `app::jobs` threads. The terminal is restored on exit, on error and on panic.
 
-pub mod event;
 pub mod keymap;
 pub mod state;
 pub mod ui;
@@ -17,11 +16,10 @@ use crossterm::event::{Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 use crate::app::candidates::{self as cands, Review};
 use crate::app::posting::{self, PostingSetup};
-use crate::app::{self, overview, Config, Home, Store};
-use crate::schedule::SystemClock;
+use crate::app::{self, overview, Config, Home, Store, SystemClock};
 use crate::Result;
 
-use event::AppEvent;
+use crate::app::jobs::{self, AppEvent};
 use keymap::{Action, Pane};
 use state::{Confirm, Input, InputPurpose, State, TrainingView};
 
@@ -45,13 +43,18 @@ pub struct App {
     config_path: Option<std::path::PathBuf>,
     /// Set when the app should end.
     pub quit: bool,
+    /// The credentials, re-read only when their file changes.
+    credentials: posting::CredentialsCache,
+    /// Statements the store has run (what a refresh costs; `--debug` logs it).
+    statements: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl App {
     /// Opens the home (creating the sample bot on first launch) and loads the state.
     pub fn new(home: Home, config: Config) -> Result<App> {
         let first = overview::first_launch(&home, &config)?;
-        let store = home.open_store()?;
+        let mut store = home.open_store()?;
+        let statements = store.count_statements()?;
         let (tx, rx) = mpsc::channel();
         let mut app = App {
             state: State::default(),
@@ -65,6 +68,8 @@ impl App {
             quit_after_training: false,
             config_path: None,
             quit: false,
+            credentials: posting::CredentialsCache::default(),
+            statements,
         };
         app.state.temperature = app.config.generate.temperature;
         app.refresh()?;
@@ -83,18 +88,19 @@ impl App {
         self.config_path = path;
     }
 
-    fn setup(&self) -> PostingSetup<'_> {
-        PostingSetup {
-            home: &self.home,
-            config: &self.config,
-            force_dry_run: false,
-        }
+    /// SQL statements the app's store connection has run so far.
+    pub fn store_statements(&self) -> u64 {
+        self.statements.load(Ordering::Relaxed)
     }
 
-    /// Reloads bots, and the selected bot's candidates and queue, from the store.
+    /// Reloads bots, and the selected bot's candidates and queue, from the store: one read of
+    /// each table, however many bots there are.
     pub fn refresh(&mut self) -> Result<()> {
+        let before = self.store_statements();
+        let setup = PostingSetup::new(&self.home, &self.config, false);
+        let creds = self.credentials.get(&setup)?;
         let (bots, mut queues): (Vec<_>, Vec<_>) =
-            overview::overview(&self.setup(), &self.store, &SystemClock)?
+            overview::overview_with(&setup, creds, &self.store, &SystemClock)?
                 .into_iter()
                 .unzip();
         self.state.bots = bots;
@@ -141,6 +147,10 @@ impl App {
             })
             .collect();
         self.state.clamp();
+        tracing::debug!(
+            "refresh: {} store statements",
+            self.store_statements() - before
+        );
         Ok(())
     }
 
@@ -185,7 +195,35 @@ impl App {
         self.act(action);
     }
 
+    /// Does what a key's action says, by the part of the app it concerns.
     fn act(&mut self, action: Action) {
+        use Action::*;
+        match action {
+            Quit | Help | NextPane | PrevPane | GoTo(_) | Down | Up | Open => self.navigate(action),
+            NewBot | Import | DeleteBot => self.act_on_bots(action),
+            StartTraining => self.start_training(false),
+            StopTraining => self.stop_training(),
+            Generate | Hotter | Colder | Prime | Approve | Reject | Edit | Undo => {
+                self.act_on_candidates(action)
+            }
+            MoveUp | MoveDown | Remove | ToggleScheduler | PostNow => self.act_on_queue(action),
+        }
+    }
+
+    /// Asks to stop the running fine-tune (it stops after its current step, saved).
+    fn stop_training(&mut self) {
+        let s = &mut self.state;
+        match s.training.as_mut().filter(|t| t.running) {
+            Some(t) => {
+                self.cancel.store(true, Ordering::SeqCst);
+                t.stopping = true;
+            }
+            None => s.say("nothing is training"),
+        }
+    }
+
+    /// Quitting, help, panes and the selection.
+    fn navigate(&mut self, action: Action) {
         let s = &mut self.state;
         let bot = s.bot().map(|b| b.name.clone());
         match action {
@@ -227,17 +265,32 @@ impl App {
                     self.attempt(|_| Ok(()));
                 }
             }
-            Action::Open => {
-                if bot.is_some() {
-                    s.pane = Pane::Training;
-                }
-            }
+            Action::Open if bot.is_some() => s.pane = Pane::Training,
+            _ => {}
+        }
+    }
+
+    /// The Bots pane: new bot, import, delete.
+    fn act_on_bots(&mut self, action: Action) {
+        let s = &mut self.state;
+        let bot = s.bot().map(|b| b.name.clone());
+        match action {
             Action::NewBot => {
-                s.input = Some(Input::new(InputPurpose::NewBotName, "New bot's name", "", None))
+                s.input = Some(Input::new(
+                    InputPurpose::NewBotName,
+                    "New bot's name",
+                    "",
+                    None,
+                ))
             }
             Action::Import => {
                 if let Some(b) = bot {
-                    s.input = Some(Input::new(InputPurpose::ImportSource, format!("Tweets for {b}: a file, archive or @handle to fetch"), "", None))
+                    s.input = Some(Input::new(
+                        InputPurpose::ImportSource,
+                        format!("Tweets for {b}: a file, archive or @handle to fetch"),
+                        "",
+                        None,
+                    ))
                 }
             }
             Action::DeleteBot => {
@@ -249,21 +302,22 @@ impl App {
                     }
                 }
             }
-            Action::StartTraining => self.start_training(false),
-            Action::StopTraining => match s.training.as_mut().filter(|t| t.running) {
-                Some(t) => {
-                    self.cancel.store(true, Ordering::SeqCst);
-                    t.stopping = true;
-                }
-                None => s.say("nothing is training"),
-            },
+            _ => {}
+        }
+    }
+
+    /// The Generation pane: generate, sampling settings, review, undo.
+    fn act_on_candidates(&mut self, action: Action) {
+        let s = &mut self.state;
+        let bot = s.bot().map(|b| b.name.clone());
+        match action {
             Action::Generate => {
                 let Some(b) = bot else { return };
                 if s.generating {
                     return s.say("already generating");
                 }
                 s.generating = true;
-                event::generate(
+                jobs::generate(
                     self.home.clone(),
                     self.config.clone(),
                     b,
@@ -281,7 +335,12 @@ impl App {
                 s.temperature = ((s.temperature + d) * 10.0).round().clamp(0.0, 20.0) / 10.0;
             }
             Action::Prime => {
-                s.input = Some(Input::new(InputPurpose::Prime, "Every candidate starts with", &s.prime, None))
+                s.input = Some(Input::new(
+                    InputPurpose::Prime,
+                    "Every candidate starts with",
+                    &s.prime,
+                    None,
+                ))
             }
             Action::Approve | Action::Reject => {
                 let r = if action == Action::Approve {
@@ -293,7 +352,12 @@ impl App {
             }
             Action::Edit => {
                 if let Some(c) = s.candidate() {
-                    s.input = Some(Input::new(InputPurpose::EditCandidate(c.id), format!("Edit #{}", c.id), c.edited_text.as_deref().unwrap_or(&c.text), Some(crate::app::MAX_TWEET_LENGTH)))
+                    s.input = Some(Input::new(
+                        InputPurpose::EditCandidate(c.id),
+                        format!("Edit #{}", c.id),
+                        c.edited_text.as_deref().unwrap_or(&c.text),
+                        Some(crate::app::MAX_TWEET_LENGTH),
+                    ))
                 }
             }
             Action::Undo => match (self.undo.pop(), bot) {
@@ -304,6 +368,14 @@ impl App {
                 }),
                 _ => s.say("nothing to undo"),
             },
+            _ => {}
+        }
+    }
+
+    /// The Queue pane: order, remove, post now, the scheduler service.
+    fn act_on_queue(&mut self, action: Action) {
+        let s = &mut self.state;
+        match action {
             Action::MoveUp | Action::MoveDown => {
                 let Some(e) = s.queue_entry().cloned() else {
                     return;
@@ -360,13 +432,14 @@ impl App {
                     return;
                 };
                 s.busy = Some(format!("posting #{}", e.id));
-                event::post_now(
+                jobs::post_now(
                     self.home.clone(),
                     self.config.clone(),
                     e.id,
                     self.tx.clone(),
                 );
             }
+            _ => {}
         }
     }
 
@@ -431,7 +504,7 @@ impl App {
         } else {
             format!("fine-tuning {} from the base model", b.name)
         });
-        event::train(
+        jobs::train(
             self.home.clone(),
             self.config.clone(),
             b.name,
@@ -534,7 +607,7 @@ impl App {
                 .say(format!("{bot} has no tweets yet: press i to import later"));
         }
         self.state.busy = Some(format!("importing {source} into {bot}"));
-        event::import(
+        jobs::import(
             self.home.clone(),
             self.config.clone(),
             bot,

@@ -32,8 +32,6 @@ void __syncthreads() {
 }
 
 extern "C" {
-void lstm_cell_fwd(unsigned, unsigned, const float*, const float*, const float*, float*);
-void lstm_cell_bwd(unsigned, unsigned, const float*, const float*, const float*, float*);
 void lstm_seq_cell_fwd(unsigned, unsigned, float*, const float*, float*, float*, float*);
 void lstm_seq_cell_bwd(unsigned, unsigned, const float*, const float*, const float*, const float*,
                        float*, float*);
@@ -71,8 +69,6 @@ static TensorList tensor_list(const std::vector<Arg>& a, size_t& rest) {
 }
 
 static const std::map<std::string, Call> kernels = {
-    {"lstm_cell_fwd", [](auto& a) { lstm_cell_fwd(a[0].u32(), a[1].u32(), a[2].fp(), a[3].fp(), a[4].fp(), a[5].fp()); }},
-    {"lstm_cell_bwd", [](auto& a) { lstm_cell_bwd(a[0].u32(), a[1].u32(), a[2].fp(), a[3].fp(), a[4].fp(), a[5].fp()); }},
     {"lstm_seq_cell_fwd", [](auto& a) { lstm_seq_cell_fwd(a[0].u32(), a[1].u32(), a[2].fp(), a[3].fp(), a[4].fp(), a[5].fp(), a[6].fp()); }},
     {"lstm_seq_cell_bwd", [](auto& a) { lstm_seq_cell_bwd(a[0].u32(), a[1].u32(), a[2].fp(), a[3].fp(), a[4].fp(), a[5].fp(), a[6].fp(), a[7].fp()); }},
     {"dropout_mask", [](auto& a) { dropout_mask(a[0].u32(), a[1].u, a[2].f, a[3].f, a[4].fp(), a[5].fp()); }},

@@ -31,6 +31,7 @@ use events::first_line;
 pub use events::PostEvent;
 pub use lock::PostingLock;
 pub(super) use queue::enqueue_in;
+pub(in crate::app) use queue::summarize;
 use queue::{anchor, entry, posted_on_day};
 pub use queue::{move_to, queue_text, remove, retry, summary, tweet_text, QueueSummary};
 pub use scheduler::{post_now, run_scheduler, RunOptions};
@@ -74,6 +75,31 @@ pub struct PostingSetup<'a> {
     pub force_dry_run: bool,
 }
 
+/// The credentials, read again only when the file changes (its modification time or size):
+/// a screen that refreshes every few seconds need not re-read and re-parse it each time.
+#[derive(Default)]
+pub struct CredentialsCache {
+    /// The file's stamp when last read, and what was read (`None`: not read yet).
+    read: Option<(FileStamp, Option<Credentials>)>,
+}
+
+/// A file's modification time and size (`None`: no file).
+type FileStamp = Option<(std::time::SystemTime, u64)>;
+
+impl CredentialsCache {
+    /// The credentials `setup` posts with, from the file as it is now.
+    pub fn get(&mut self, setup: &PostingSetup) -> Result<Option<&Credentials>> {
+        let path = setup.home.credentials_path()?;
+        let stamp = std::fs::metadata(&path)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())));
+        if self.read.as_ref().is_none_or(|(seen, _)| *seen != stamp) {
+            self.read = Some((stamp, setup.credentials()?));
+        }
+        Ok(self.read.as_ref().and_then(|(_, c)| c.as_ref()))
+    }
+}
+
 /// How one bot posts: its keys when live.
 pub struct Route {
     /// Live or dry run, and why.
@@ -82,7 +108,16 @@ pub struct Route {
     keys: Option<BotKeys>,
 }
 
-impl PostingSetup<'_> {
+impl<'a> PostingSetup<'a> {
+    /// Posting from `home` with `config`: live where a bot has keys, unless `force_dry_run`.
+    pub fn new(home: &'a Home, config: &'a Config, force_dry_run: bool) -> Self {
+        PostingSetup {
+            home,
+            config,
+            force_dry_run,
+        }
+    }
+
     /// The credentials to post with (`None` with `--dry-run`): read once, used for every bot.
     pub fn credentials(&self) -> Result<Option<Credentials>> {
         if self.force_dry_run {

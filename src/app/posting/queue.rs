@@ -133,24 +133,45 @@ pub fn summary(
         Some(n) => vec![find_bot(store, n)?],
         None => store.bots()?,
     };
-    let now = clock.now();
-    let creds = setup.credentials()?;
+    let entries = store.queue(name.map(|_| bots[0].id))?;
+    summarize(
+        setup,
+        setup.credentials()?.as_ref(),
+        &bots,
+        entries,
+        clock.now(),
+    )
+}
+
+/// [`summary`] of `bots` from their queue `entries` as read (any order within a bot kept),
+/// posting with `creds`: no store read per bot.
+pub(in crate::app) fn summarize(
+    setup: &PostingSetup,
+    creds: Option<&Credentials>,
+    bots: &[Bot],
+    entries: Vec<QueueRow>,
+    now: DateTime<Utc>,
+) -> Result<Vec<QueueSummary>> {
+    let mut by_bot: HashMap<BotId, Vec<QueueRow>> = HashMap::new();
+    for e in entries {
+        by_bot.entry(e.bot_id).or_default().push(e);
+    }
     let mut out = Vec::new();
     for bot in bots {
-        let entries = store.queue(Some(bot.id))?;
-        let schedule = schedule_of(setup.config, &bot)?;
+        let entries = by_bot.remove(&bot.id).unwrap_or_default();
+        let schedule = schedule_of(setup.config, bot)?;
         let plan = schedule.plan(bot.id.0 as u64)?;
-        let mode = setup.route(creds.as_ref(), &bot.name).mode;
+        let mode = setup.route(creds, &bot.name).mode;
         let queued: Vec<&QueueRow> = entries
             .iter()
             .filter(|e| e.status == QueueStatus::Queued)
             .collect();
         // The scheduler's own plan: slots after its anchor, one due already shown as now.
         let mut planned = Vec::new();
-        let mut after = anchor(store, &bot, now)?;
+        let mut after = anchor_in(&entries, now);
         let mut counts: HashMap<NaiveDate, u32> = HashMap::new();
-        let posted_today = posted_on_day(store, &bot, &plan, plan.local_date(now))?;
-        counts.insert(plan.local_date(now), posted_today);
+        let today = plan.local_date(now);
+        counts.insert(today, posted_in(&entries, &plan, today));
         for _ in &queued {
             let Some(t) = plan.next_slot(after, |d| counts.get(&d).copied().unwrap_or(0)) else {
                 break;
@@ -159,7 +180,7 @@ pub fn summary(
             planned.push(t.max(now));
             after = t;
         }
-        let posts_per_day = plan.day(plan.local_date(now)).len();
+        let posts_per_day = plan.day(today).len();
         let with_url = queued
             .iter()
             .filter(|e| e.text.contains("http://") || e.text.contains("https://"))
@@ -195,15 +216,47 @@ pub fn summary(
 pub(super) fn anchor(store: &Store, bot: &Bot, now: DateTime<Utc>) -> Result<DateTime<Utc>> {
     let last_post = store.last_posted_at(bot.id)?.and_then(|s| parse_stamp(&s));
     let first_queued = store.first_queued_at(bot.id)?.and_then(|s| parse_stamp(&s));
-    Ok(match (last_post, first_queued) {
+    Ok(anchor_between(last_post, first_queued, now))
+}
+
+/// [`anchor`] from the bot's queue rows, already read.
+fn anchor_in(entries: &[QueueRow], now: DateTime<Utc>) -> DateTime<Utc> {
+    let stamps = |status: QueueStatus, at: fn(&QueueRow) -> Option<&str>| {
+        entries
+            .iter()
+            .filter(move |e| e.status == status)
+            .filter_map(move |e| at(e).and_then(parse_stamp))
+    };
+    let last_post = stamps(QueueStatus::Posted, |e| e.posted_at.as_deref()).max();
+    let first_queued = stamps(QueueStatus::Queued, |e| e.queued_at.as_deref()).min();
+    anchor_between(last_post, first_queued, now)
+}
+
+fn anchor_between(
+    last_post: Option<DateTime<Utc>>,
+    first_queued: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> DateTime<Utc> {
+    match (last_post, first_queued) {
         (Some(p), Some(q)) => p.max(q),
         (Some(t), None) | (None, Some(t)) => t,
         (None, None) => now,
     }
-    .min(now))
+    .min(now)
 }
 
 pub(super) fn posted_on_day(store: &Store, bot: &Bot, plan: &Plan, day: NaiveDate) -> Result<u32> {
     let (a, b) = plan.day_bounds(day);
     store.posted_between(bot.id, &stamp(a), &stamp(b))
+}
+
+/// [`posted_on_day`] from the bot's queue rows, already read.
+fn posted_in(entries: &[QueueRow], plan: &Plan, day: NaiveDate) -> u32 {
+    let (a, b) = plan.day_bounds(day);
+    entries
+        .iter()
+        .filter(|e| e.status == QueueStatus::Posted)
+        .filter_map(|e| e.posted_at.as_deref().and_then(parse_stamp))
+        .filter(|t| a <= *t && *t < b)
+        .count() as u32
 }

@@ -7,7 +7,7 @@
 
 use candle_core::Tensor;
 
-use super::kernels::{cell_forward, par_cell_forward, par_matvec, Mat, PackedB};
+use super::cpu_kernels::{cell_forward, par_cell_forward, par_matvec, Mat, PackedB};
 use super::CharLstm;
 use crate::Result;
 

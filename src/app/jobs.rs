@@ -1,6 +1,7 @@
-//! Work that runs off the UI thread (fine-tuning, generating, importing, posting) and the
-//! events it sends back. Each job opens its own connection to the store; the UI thread
-//! applies the events to the state and redraws, so it never waits for a job.
+//! The long-running use cases as jobs on a thread of their own (fine-tuning, generating,
+//! importing, posting now), each reporting through one channel of [`AppEvent`]s: a face (the
+//! TUI) applies the events to its state and never waits for a job. Each job opens its own
+//! connection to the store.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -11,7 +12,6 @@ use crate::app::training::Init;
 use crate::app::{
     self, Config, GenerateRequest, Home, TrainData, TrainEvent, TrainOverrides, TrainRequest,
 };
-use crate::schedule::SystemClock;
 
 /// What a background job reports.
 #[derive(Debug)]
@@ -113,11 +113,7 @@ pub fn import(home: Home, config: Config, bot: String, source: String, tx: Sende
     std::thread::spawn(move || {
         let r = home.open_store().and_then(|mut store| {
             if let Some(handle) = source.strip_prefix('@') {
-                let setup = app::posting::PostingSetup {
-                    home: &home,
-                    config: &config,
-                    force_dry_run: false,
-                };
+                let setup = app::posting::PostingSetup::new(&home, &config, false);
                 let f = app::fetch::fetch(&setup, &mut store, &bot, handle, 3200)?;
                 Ok(format!(
                     "fetched {} tweets of @{handle} into {bot}: {} kept",
@@ -156,15 +152,15 @@ fn shellish(s: &str) -> String {
 pub fn post_now(home: Home, config: Config, id: i64, tx: Sender<AppEvent>) {
     std::thread::spawn(move || {
         let r = home.open_store().and_then(|mut store| {
-            let setup = app::posting::PostingSetup {
-                home: &home,
-                config: &config,
-                force_dry_run: false,
-            };
+            let setup = app::posting::PostingSetup::new(&home, &config, false);
             let mut last = String::new();
-            let e = app::posting::post_now(&setup, &mut store, id, &SystemClock, &mut |ev| {
-                last = ev.to_string()
-            })?;
+            let e = app::posting::post_now(
+                &setup,
+                &mut store,
+                id,
+                &crate::schedule::SystemClock,
+                &mut |ev| last = ev.to_string(),
+            )?;
             Ok(format!("#{id} {}: {last}", e.status))
         });
         let _ = tx.send(AppEvent::Posted(r.map_err(words)));
