@@ -39,37 +39,112 @@ pub fn tanh(x: f32) -> f32 {
     2.0 / (1.0 + exp(-2.0 * x)) - 1.0
 }
 
-/// True when this CPU runs the AVX2+FMA builds of the kernels.
-fn has_avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+/// Which build of the kernels runs: the widest vectors the CPU has, chosen at run time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// The baseline target (SSE2 on x86-64): any CPU.
+    Portable,
+    /// AVX2 and FMA: 8 floats a register.
+    Avx2,
+    /// AVX-512 (F) with AVX2 and FMA: 16 floats a register, 32 registers.
+    Avx512,
+}
+
+impl Isa {
+    /// Every path, narrowest first.
+    pub const ALL: [Isa; 3] = [Isa::Portable, Isa::Avx2, Isa::Avx512];
+
+    /// Its name, as `AVIARY_CPU_KERNELS` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Portable => "portable",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+
+    /// Whether this CPU can run it.
+    pub fn available(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 =
+                std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+            match self {
+                Isa::Portable => true,
+                Isa::Avx2 => avx2,
+                Isa::Avx512 => avx2 && std::is_x86_feature_detected!("avx512f"),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == Isa::Portable
+        }
     }
 }
 
-/// Defines `pub fn $name(args)` that runs `$body` compiled for AVX2+FMA when the CPU has it,
-/// and for the baseline target otherwise. One body, two builds.
+/// The path the kernels take: the widest this CPU has, or the one `AVIARY_CPU_KERNELS`
+/// (`portable`, `avx2`, `avx512`) names where the CPU has it: a knob for comparing the paths
+/// in benchmarks (read once).
+pub fn isa() -> Isa {
+    static CHOSEN: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+    *CHOSEN.get_or_init(|| {
+        let best = Isa::ALL
+            .into_iter()
+            .rev()
+            .find(|i| i.available())
+            .unwrap_or(Isa::Portable);
+        match std::env::var("AVIARY_CPU_KERNELS") {
+            Ok(name) => match Isa::ALL.into_iter().find(|i| i.name() == name) {
+                Some(i) if i.available() => i,
+                _ => {
+                    tracing::warn!(
+                        "AVIARY_CPU_KERNELS={name} is not a path this CPU runs; using {}",
+                        best.name()
+                    );
+                    best
+                }
+            },
+            Err(_) => best,
+        }
+    })
+}
+
+/// Defines `pub fn $name(args)`, which runs `$body` on the [`isa`] path, and `pub fn
+/// $on(isa, args)`, which runs it on the path given (the baseline where the CPU lacks it).
+/// One body, compiled three times.
 macro_rules! multiversion {
-    ($(#[$meta:meta])* pub fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+    ($(#[$meta:meta])* pub fn $name:ident / $on:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$meta])*
         #[allow(clippy::too_many_arguments)]
         pub fn $name($($arg: $ty),*) {
+            $on(isa(), $($arg),*)
+        }
+
+        /// The same on path `isa` (for tests that compare the paths).
+        #[allow(clippy::too_many_arguments)]
+        pub fn $on(isa: Isa, $($arg: $ty),*) {
             #[inline(always)]
             #[allow(clippy::too_many_arguments)]
             fn body($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma")]
             #[allow(clippy::too_many_arguments)]
-            unsafe fn fast($($arg: $ty),*) { body($($arg),*) }
+            unsafe fn avx2($($arg: $ty),*) { body($($arg),*) }
             #[cfg(target_arch = "x86_64")]
-            if has_avx2_fma() {
-                // SAFETY: the CPU supports every feature `fast` was compiled for.
-                return unsafe { fast($($arg),*) };
+            #[target_feature(enable = "avx512f,avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn avx512($($arg: $ty),*) { body($($arg),*) }
+            #[cfg(target_arch = "x86_64")]
+            if isa.available() {
+                // SAFETY: the CPU supports every feature the build called was compiled for.
+                match isa {
+                    Isa::Avx512 => return unsafe { avx512($($arg),*) },
+                    Isa::Avx2 => return unsafe { avx2($($arg),*) },
+                    Isa::Portable => {}
+                }
             }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = isa;
             body($($arg),*)
         }
     };
@@ -81,7 +156,7 @@ multiversion! {
     /// `gates` [rows, 4H] holds pre-activations on entry and activations on exit (kept for the
     /// backward pass); `c_prev` [rows, H] (or zeros), `c` and `tanh_c` [rows, H] are written,
     /// and `h` [rows, H] receives the new hidden state.
-    pub fn cell_forward(gates: &mut [f32], c_prev: Option<&[f32]>, c: &mut [f32], tanh_c: &mut [f32], h: &mut [f32], hidden: usize) {
+    pub fn cell_forward / cell_forward_on(gates: &mut [f32], c_prev: Option<&[f32]>, c: &mut [f32], tanh_c: &mut [f32], h: &mut [f32], hidden: usize) {
         let rows = h.len() / hidden;
         for r in 0..rows {
             let g = &mut gates[r * 4 * hidden..(r + 1) * 4 * hidden];
@@ -135,7 +210,7 @@ multiversion! {
     /// forward pass, `dh` [rows, H] the gradient reaching h_t. `dc` [rows, H] holds the gradient
     /// reaching c_t from step t+1 on entry and the one reaching c_{t-1} on exit; `dgates`
     /// [rows, 4H] receives the gradient of the pre-activations.
-    pub fn cell_backward(acts: &[f32], c_prev: Option<&[f32]>, tanh_c: &[f32], dh: &[f32], dc: &mut [f32], dgates: &mut [f32], hidden: usize) {
+    pub fn cell_backward / cell_backward_on(acts: &[f32], c_prev: Option<&[f32]>, tanh_c: &[f32], dh: &[f32], dc: &mut [f32], dgates: &mut [f32], hidden: usize) {
         let rows = dh.len() / hidden;
         for r in 0..rows {
             let a = &acts[r * 4 * hidden..(r + 1) * 4 * hidden];
@@ -175,7 +250,7 @@ multiversion! {
 multiversion! {
     /// `y[r] += dot(w[r, :], x)` for a row-major `w` [rows, x.len()]: the one-stream
     /// sampling step. Sixteen independent accumulators let the dot product vectorise.
-    pub fn matvec(w: &[f32], x: &[f32], y: &mut [f32]) {
+    pub fn matvec / matvec_on(w: &[f32], x: &[f32], y: &mut [f32]) {
         let k = x.len();
         for (r, out) in y.iter_mut().enumerate() {
             let row = &w[r * k..(r + 1) * k];
@@ -419,8 +494,10 @@ impl PackedB {
             "packed gemm: destination has the wrong size"
         );
         let threads = candle_core::utils::get_num_threads().max(1);
-        let rows = (m.div_ceil(threads).div_ceil(MR) * MR).max(MR);
-        if threads == 1 || m <= MR {
+        // Whole blocks of the micro-kernel's rows to each thread.
+        let mr = if isa() == Isa::Avx512 { MR512 } else { MR };
+        let rows = (m.div_ceil(threads).div_ceil(mr) * mr).max(mr);
+        if threads == 1 || m <= mr {
             return self.gemm_rows(dst, a, accumulate);
         }
         dst.par_chunks_mut(rows * n)
@@ -429,10 +506,63 @@ impl PackedB {
     }
 
     fn gemm_rows(&self, dst: &mut [f32], a: &[f32], accumulate: bool) {
+        self.gemm_rows_on(isa(), dst, a, accumulate)
+    }
+
+    /// [`PackedB::gemm`]'s work on one thread, on path `isa` (the baseline where the CPU
+    /// lacks it): `dst = a @ B` (or `+=`) for the rows of `a`.
+    pub fn gemm_rows_on(&self, isa: Isa, dst: &mut [f32], a: &[f32], accumulate: bool) {
+        assert_eq!(a.len() % self.k.max(1), 0, "packed gemm: lhs is not [m, k]");
+        assert_eq!(
+            dst.len(),
+            a.len() / self.k.max(1) * self.n,
+            "packed gemm: bad destination"
+        );
         #[cfg(target_arch = "x86_64")]
-        if has_avx2_fma() {
-            // SAFETY: the CPU has AVX2 and FMA; the shapes were checked by `gemm`.
-            return unsafe { self.gemm_rows_avx2(dst, a, accumulate) };
+        if isa.available() {
+            // SAFETY (both): the CPU has the features each micro-kernel was compiled for; the
+            // blocks `blocked` hands them hold `rows` rows of packed A and a whole panel.
+            match isa {
+                Isa::Avx512 => {
+                    return self.blocked(
+                        dst,
+                        a,
+                        accumulate,
+                        MR512,
+                        &|rows, a, p, d, ldd, cols, acc| unsafe {
+                            match rows {
+                                8 => micro_avx512::<8>(a, p, d, ldd, cols, acc),
+                                7 => micro_avx512::<7>(a, p, d, ldd, cols, acc),
+                                6 => micro_avx512::<6>(a, p, d, ldd, cols, acc),
+                                5 => micro_avx512::<5>(a, p, d, ldd, cols, acc),
+                                4 => micro_avx512::<4>(a, p, d, ldd, cols, acc),
+                                3 => micro_avx512::<3>(a, p, d, ldd, cols, acc),
+                                2 => micro_avx512::<2>(a, p, d, ldd, cols, acc),
+                                _ => micro_avx512::<1>(a, p, d, ldd, cols, acc),
+                            }
+                        },
+                    )
+                }
+                Isa::Avx2 => {
+                    return self.blocked(
+                        dst,
+                        a,
+                        accumulate,
+                        MR,
+                        &|rows, a, p, d, ldd, cols, acc| unsafe {
+                            match rows {
+                                6 => micro_avx2::<6>(a, p, d, ldd, cols, acc),
+                                5 => micro_avx2::<5>(a, p, d, ldd, cols, acc),
+                                4 => micro_avx2::<4>(a, p, d, ldd, cols, acc),
+                                3 => micro_avx2::<3>(a, p, d, ldd, cols, acc),
+                                2 => micro_avx2::<2>(a, p, d, ldd, cols, acc),
+                                _ => micro_avx2::<1>(a, p, d, ldd, cols, acc),
+                            }
+                        },
+                    )
+                }
+                Isa::Portable => {}
+            }
         }
         self.gemm_rows_portable(dst, a, accumulate)
     }
@@ -456,19 +586,20 @@ impl PackedB {
         }
     }
 
+    /// The blocked product for a micro-kernel taking `mr` rows at a time: `micro(rows, a_blk,
+    /// panel, d, ldd, cols, accumulate)` with `a_blk` [k, mr] (k-major), `panel` [k, NR].
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn gemm_rows_avx2(&self, dst: &mut [f32], a: &[f32], accumulate: bool) {
+    fn blocked(&self, dst: &mut [f32], a: &[f32], accumulate: bool, mr: usize, micro: &Micro) {
         let (k, n) = (self.k, self.n);
         let m = a.len() / k.max(1);
-        // A packed too, in blocks of MR rows interleaved k-major: the micro-kernel then reads
-        // one contiguous stream instead of MR rows a power of two apart (which alias in L1).
-        let blocks = m.div_ceil(MR);
-        let mut ap = vec![0f32; blocks * k * MR];
+        // A packed too, in blocks of `mr` rows interleaved k-major: the micro-kernel then
+        // reads one contiguous stream instead of rows a power of two apart (which alias in L1).
+        let blocks = m.div_ceil(mr);
+        let mut ap = vec![0f32; blocks * k * mr];
         for (r, row) in a.chunks_exact(k).enumerate() {
-            let (blk, i) = (r / MR, r % MR);
+            let (blk, i) = (r / mr, r % mr);
             for (kk, &v) in row.iter().enumerate() {
-                ap[(blk * k + kk) * MR + i] = v;
+                ap[(blk * k + kk) * mr + i] = v;
             }
         }
         // Panel-outer: one panel of B (k x 16) stays in cache while every row block of A
@@ -476,21 +607,64 @@ impl PackedB {
         for (p, panel) in self.data.chunks_exact(k * NR).enumerate() {
             let cols = NR.min(n - p * NR);
             for blk in 0..blocks {
-                let r = blk * MR;
-                let rows = MR.min(m - r);
-                let (a_blk, d_blk) = (
-                    &ap[blk * k * MR..(blk + 1) * k * MR],
+                let r = blk * mr;
+                let a_blk = &ap[blk * k * mr..(blk + 1) * k * mr];
+                micro(
+                    mr.min(m - r),
+                    a_blk,
+                    panel,
                     &mut dst[r * n + p * NR..],
+                    n,
+                    cols,
+                    accumulate,
                 );
-                match rows {
-                    6 => micro_avx2::<6>(k, a_blk, panel, d_blk, n, cols, accumulate),
-                    5 => micro_avx2::<5>(k, a_blk, panel, d_blk, n, cols, accumulate),
-                    4 => micro_avx2::<4>(k, a_blk, panel, d_blk, n, cols, accumulate),
-                    3 => micro_avx2::<3>(k, a_blk, panel, d_blk, n, cols, accumulate),
-                    2 => micro_avx2::<2>(k, a_blk, panel, d_blk, n, cols, accumulate),
-                    _ => micro_avx2::<1>(k, a_blk, panel, d_blk, n, cols, accumulate),
-                }
             }
+        }
+    }
+}
+
+/// A micro-kernel as [`PackedB::blocked`] calls it.
+#[cfg(target_arch = "x86_64")]
+type Micro = dyn Fn(usize, &[f32], &[f32], &mut [f32], usize, usize, bool);
+
+/// Rows per AVX-512 micro-kernel call: 8 accumulators of 16 floats, enough to hide the FMA
+/// latency on two ports, and a divisor of the usual 32 or 64 rows a thread takes.
+const MR512: usize = 8;
+
+/// [`micro_avx2`] with one 16-float register per row: `R` rows of A (packed k-major,
+/// [`MR512`] apart) times one packed panel.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn micro_avx512<const R: usize>(
+    a: &[f32],
+    panel: &[f32],
+    d: &mut [f32],
+    ldd: usize,
+    cols: usize,
+    accumulate: bool,
+) {
+    use std::arch::x86_64::*;
+    let k = panel.len() / NR;
+    assert!(a.len() >= k * MR512 && d.len() >= (R - 1) * ldd + cols);
+    let mut acc = [_mm512_setzero_ps(); R];
+    let (ap, bp) = (a.as_ptr(), panel.as_ptr());
+    for kk in 0..k {
+        // SAFETY: kk < k and i < R <= MR512 keep every read inside `a` and `panel` (asserted).
+        let b = _mm512_loadu_ps(bp.add(kk * NR));
+        for (i, acc) in acc.iter_mut().enumerate() {
+            *acc = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(kk * MR512 + i)), b, *acc);
+        }
+    }
+    for i in 0..R {
+        let row = &mut d[i * ldd..i * ldd + cols];
+        let mut tmp = [0f32; NR];
+        _mm512_storeu_ps(tmp.as_mut_ptr(), acc[i]);
+        if accumulate {
+            for (o, t) in row.iter_mut().zip(&tmp) {
+                *o += t;
+            }
+        } else {
+            row.copy_from_slice(&tmp[..cols]);
         }
     }
 }
@@ -501,7 +675,6 @@ impl PackedB {
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 unsafe fn micro_avx2<const R: usize>(
-    k: usize,
     a: &[f32],
     panel: &[f32],
     d: &mut [f32],
@@ -510,7 +683,8 @@ unsafe fn micro_avx2<const R: usize>(
     accumulate: bool,
 ) {
     use std::arch::x86_64::*;
-    assert!(a.len() >= k * MR && panel.len() >= k * NR && d.len() >= (R - 1) * ldd + cols);
+    let k = panel.len() / NR;
+    assert!(a.len() >= k * MR && d.len() >= (R - 1) * ldd + cols);
     let mut lo = [_mm256_setzero_ps(); R];
     let mut hi = [_mm256_setzero_ps(); R];
     let (ap, bp) = (a.as_ptr(), panel.as_ptr());
@@ -542,6 +716,21 @@ unsafe fn micro_avx2<const R: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The paths this CPU runs; the others are named as skipped, with why, in the test run's
+    /// own output (written past the harness's capture).
+    fn paths_here(test: &str) -> Vec<Isa> {
+        use std::io::Write;
+        for isa in Isa::ALL.into_iter().filter(|i| !i.available()) {
+            writeln!(
+                std::io::stderr(),
+                "SKIPPED {test} on the {} path: this CPU lacks it",
+                isa.name()
+            )
+            .expect("stderr takes the line");
+        }
+        Isa::ALL.into_iter().filter(|i| i.available()).collect()
+    }
 
     #[test]
     fn activations_match_std() {
@@ -589,7 +778,13 @@ mod tests {
 
     #[test]
     fn packed_gemm_matches_gemm() {
-        for (m, k, n) in [(13, 37, 35), (128, 64, 48), (6, 5, 16), (1, 3, 2)] {
+        for (m, k, n) in [
+            (13, 37, 35),
+            (128, 64, 48),
+            (6, 5, 16),
+            (1, 3, 2),
+            (17, 9, 33),
+        ] {
             let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
             let b: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.11).cos()).collect();
             for bm in [Mat::new(&b, k, n), Mat::new(&b, n, k).t()] {
@@ -599,13 +794,15 @@ mod tests {
                     gemm(&mut want, Mat::new(&a, m, k), bm, accumulate);
                     let mut got = vec![0.5f32; m * n];
                     packed.gemm(&mut got, &a, accumulate);
-                    let mut portable = vec![0.5f32; m * n];
-                    packed.gemm_rows_portable(&mut portable, &a, accumulate);
-                    for ((g, p), w) in got.iter().zip(&portable).zip(&want) {
-                        assert!(
-                            (g - w).abs() < 1e-4 && (p - w).abs() < 1e-4,
-                            "{m}x{k}x{n}: {g} / {p} vs {w}"
-                        );
+                    for (g, w) in got.iter().zip(&want) {
+                        assert!((g - w).abs() < 1e-4, "{m}x{k}x{n}: {g} vs {w}");
+                    }
+                    for isa in paths_here("packed_gemm_matches_gemm") {
+                        let mut on = vec![0.5f32; m * n];
+                        packed.gemm_rows_on(isa, &mut on, &a, accumulate);
+                        for (g, w) in on.iter().zip(&want) {
+                            assert!((g - w).abs() < 1e-4, "{isa:?} {m}x{k}x{n}: {g} vs {w}");
+                        }
                     }
                 }
             }
@@ -618,11 +815,56 @@ mod tests {
         let w: Vec<f32> = (0..rows * k).map(|i| (i as f32 * 0.3).sin()).collect();
         let x: Vec<f32> = (0..k).map(|i| (i as f32 * 0.7).cos()).collect();
         let bias: Vec<f32> = (0..rows).map(|i| i as f32).collect();
-        let mut y = bias.clone();
-        matvec(&w, &x, &mut y);
-        for r in 0..rows {
-            let want: f32 = bias[r] + (0..k).map(|l| w[r * k + l] * x[l]).sum::<f32>();
-            assert!((y[r] - want).abs() < 1e-4, "row {r}: {} vs {want}", y[r]);
+        for isa in paths_here("matvec_matches_naive") {
+            let mut y = bias.clone();
+            matvec_on(isa, &w, &x, &mut y);
+            for r in 0..rows {
+                let want: f32 = bias[r] + (0..k).map(|l| w[r * k + l] * x[l]).sum::<f32>();
+                assert!(
+                    (y[r] - want).abs() < 1e-4,
+                    "{isa:?} row {r}: {} vs {want}",
+                    y[r]
+                );
+            }
+        }
+    }
+
+    /// Every path's cell loops against the portable build (which the fused op's tests check
+    /// against autograd and finite differences), with and without a previous cell state.
+    #[test]
+    fn cell_loops_agree_on_every_path() {
+        let (rows, hidden) = (5, 37);
+        let noise = |n: usize, f: f32| -> Vec<f32> {
+            (0..n).map(|i| ((i as f32 + 1.0) * f).sin() * 3.0).collect()
+        };
+        let pre = noise(rows * 4 * hidden, 0.37);
+        let c_prev = noise(rows * hidden, 0.71);
+        let dh = noise(rows * hidden, 0.13);
+        let dc_in = noise(rows * hidden, 0.29);
+        let run = |isa: Isa, cp: Option<&[f32]>| {
+            let mut gates = pre.clone();
+            let (mut c, mut tc, mut h) = (
+                vec![0f32; rows * hidden],
+                vec![0f32; rows * hidden],
+                vec![0f32; rows * hidden],
+            );
+            cell_forward_on(isa, &mut gates, cp, &mut c, &mut tc, &mut h, hidden);
+            let (mut dc, mut dg) = (dc_in.clone(), vec![0f32; rows * 4 * hidden]);
+            cell_backward_on(isa, &gates, cp, &tc, &dh, &mut dc, &mut dg, hidden);
+            [gates, c, tc, h, dc, dg]
+        };
+        for cp in [None, Some(&c_prev[..])] {
+            let want = run(Isa::Portable, cp);
+            for isa in paths_here("cell_loops_agree_on_every_path") {
+                for (k, (got, want)) in run(isa, cp).iter().zip(&want).enumerate() {
+                    for (g, w) in got.iter().zip(want) {
+                        assert!(
+                            (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                            "{isa:?} output {k}: {g} vs {w}"
+                        );
+                    }
+                }
+            }
         }
     }
 }
