@@ -1,9 +1,11 @@
 //! CPU kernels of the engine: fast activations, the LSTM cell loops (forward and backward), a
-//! mat-vec for one-stream sampling and a thin wrapper over the `gemm` crate that candle uses.
+//! mat-vec for one-stream sampling, products against a packed matrix, and a thin wrapper over
+//! the `gemm` crate that candle uses.
 //!
 //! Every loop here is written branch-free over plain slices so LLVM vectorises it; the public
-//! functions pick an AVX2+FMA build of the same body at run time where the CPU has it, so the
-//! default (portable) binary is fast on today's x86-64 laptops too. Knows nothing of tensors.
+//! functions run the widest build of the same body the CPU has ([`Isa`]: AVX-512, AVX2+FMA or
+//! the baseline), chosen at run time, so the default (portable) binary is fast on any x86-64
+//! CPU. Knows nothing of tensors.
 
 use rayon::prelude::*;
 
