@@ -12,7 +12,7 @@ use super::bots::find_bot;
 use super::posting;
 use super::{base_checkpoint, Config, GenerateRequest};
 use crate::generate::{
-    self, rank, NoveltyIndexBuilder, Quality, QualityReport, Ranker, Rejection, Sample,
+    self, distinct, rank, NoveltyIndexBuilder, Quality, QualityReport, Ranker, Rejection, Sample,
 };
 use crate::model::{Checkpoint, StepWeights};
 use crate::store::Store;
@@ -129,11 +129,18 @@ pub fn generate_for_bot(
         }
     }
     let qualities: Vec<Quality> = passed.iter().map(|p| p.2).collect();
-    let best: Vec<(Sample, f64, Quality)> = rank(&qualities)
-        .into_iter()
-        .take(req.n)
-        .map(|i| passed[i].clone())
-        .collect();
+    let texts: Vec<&str> = passed.iter().map(|p| p.0.text.as_str()).collect();
+    let (kept, similar) = distinct(
+        &texts,
+        &rank(&qualities),
+        req.n,
+        config.novelty.ngram,
+        config.rank.max_similarity,
+    );
+    if !similar.is_empty() {
+        rejected.insert(Rejection::Similar, similar.len());
+    }
+    let best: Vec<(Sample, f64, Quality)> = kept.into_iter().map(|i| passed[i].clone()).collect();
     let sampling = serde_json::json!({
         "temperature": sample.temperature,
         "top_k": sample.top_k,

@@ -8,7 +8,7 @@ pub mod report;
 pub mod words;
 
 pub use novelty::{NoveltyConfig, NoveltyIndex, NoveltyIndexBuilder, Rejection};
-pub use rank::{rank, Quality, RankConfig, Ranker};
+pub use rank::{distinct, rank, Quality, RankConfig, Ranker};
 pub use report::QualityReport;
 
 use rand::{Rng, SeedableRng};

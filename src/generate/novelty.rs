@@ -49,6 +49,8 @@ pub enum Rejection {
     Repeat,
     /// Ran into the length cap before the model ended it (cut off mid-thought).
     Unfinished,
+    /// A variation of a better-ranked candidate kept in the same batch.
+    Similar,
 }
 
 impl Rejection {
@@ -61,6 +63,7 @@ impl Rejection {
             Rejection::Copy => "copy",
             Rejection::Repeat => "repeat",
             Rejection::Unfinished => "unfinished",
+            Rejection::Similar => "similar",
         }
     }
 }

@@ -18,6 +18,9 @@ pub struct RankConfig {
     pub length_weight: f64,
     /// Weight of the share of words that are not known words.
     pub unknown_word_weight: f64,
+    /// Drop a candidate when this share of its characters or more lies in n-grams it shares
+    /// with a better-ranked one: variations of one text are shown once (1.0: never).
+    pub max_similarity: f64,
 }
 
 impl Default for RankConfig {
@@ -26,6 +29,7 @@ impl Default for RankConfig {
             pool: 10,
             length_weight: 0.1,
             unknown_word_weight: 2.0,
+            max_similarity: 0.5,
         }
     }
 }
@@ -124,6 +128,31 @@ pub fn rank(qualities: &[Quality]) -> Vec<usize> {
     order
 }
 
+/// The first `n` of `ranked` (indices into `texts`, best first) that are not variations of a
+/// better one: a text sharing `max_similarity` or more of its characters, in `ngram`-character
+/// runs, with one kept before it is passed over. Returns the kept and the passed-over indices.
+pub fn distinct(
+    texts: &[&str],
+    ranked: &[usize],
+    n: usize,
+    ngram: usize,
+    max_similarity: f64,
+) -> (Vec<usize>, Vec<usize>) {
+    let (mut kept, mut similar) = (Vec::new(), Vec::new());
+    for &i in ranked {
+        if kept.len() == n {
+            break;
+        }
+        let shown = super::NoveltyIndex::build(kept.iter().map(|&k: &usize| texts[k]), ngram);
+        if shown.overlap(texts[i]) >= max_similarity {
+            similar.push(i);
+        } else {
+            kept.push(i);
+        }
+    }
+    (kept, similar)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,5 +215,23 @@ mod tests {
         assert!(prior.log_p(44) > prior.log_p(135));
         assert!(prior.log_p(135) > prior.log_p(250), "seen beats unseen");
         assert!(prior.log_p(400).is_finite());
+    }
+
+    #[test]
+    fn variations_of_a_better_candidate_are_passed_over() {
+        let texts = [
+            "The 1989 film Back to the Future II showed life on Oct 21, 2015: hoverboards.",
+            "The 1989 film Back to the Future II showed life on Oct 21, 2012. Congrats.",
+            "Saturn's rings are thinner than a sheet of paper, relative to their width.",
+            "The 1989 film Back to the Future II showed that it's a supernova.",
+            "Jupiter could hold a thousand Earths, and still have room for the Moon.",
+        ];
+        let ranked = [0, 1, 2, 3, 4];
+        let (kept, similar) = distinct(&texts, &ranked, 10, 12, 0.5);
+        assert_eq!(kept, [0, 2, 4]);
+        assert_eq!(similar, [1, 3]);
+        // n bounds what is kept; 1.0 keeps every variation.
+        assert_eq!(distinct(&texts, &ranked, 2, 12, 0.5).0, [0, 2]);
+        assert_eq!(distinct(&texts, &ranked, 10, 12, 1.0).0, ranked);
     }
 }
