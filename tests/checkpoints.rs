@@ -115,17 +115,8 @@ fn a_save_failing_mid_write_leaves_the_previous_checkpoint_loadable() {
     let corpus = common::corpus_file(tmp.path(), "tweets.txt", 300);
     let dir = tmp.path().join("ck");
     let train = |extra: &[&str]| {
-        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_aviary"));
-        c.args([
-            "train",
-            "--corpus",
-            corpus.to_str().unwrap(),
-            "--checkpoint-dir",
-        ])
-        .arg(&dir)
-        .args(common::TINY)
-        .args(["--val-every", "1", "--patience", "0"])
-        .args(extra);
+        let mut c = common::train_tiny(&corpus, &dir);
+        c.args(["--val-every", "1", "--patience", "0"]).args(extra);
         c
     };
     let o = train(&["--max-steps", "2"]).output().unwrap();

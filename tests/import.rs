@@ -649,15 +649,7 @@ fn output_into_a_closed_pipe_ends_quietly() {
     let tmp = tempfile::tempdir().unwrap();
     let corpus = common::corpus_file(tmp.path(), "tweets.txt", 300);
     let ck = tmp.path().join("ck");
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_aviary"))
-        .args([
-            "train",
-            "--corpus",
-            corpus.to_str().unwrap(),
-            "--checkpoint-dir",
-        ])
-        .arg(&ck)
-        .args(common::TINY)
+    let o = common::train_tiny(&corpus, &ck)
         .args(["--max-steps", "3"])
         .output()
         .unwrap();

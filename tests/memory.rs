@@ -3,7 +3,6 @@
 mod common;
 
 use std::io::Write;
-use std::process::Command;
 
 /// Writes a corpus of about `mib` MiB of varied tweets.
 fn corpus(dir: &std::path::Path, mib: usize) -> (std::path::PathBuf, usize) {
@@ -30,15 +29,7 @@ fn train_peak(path: &std::path::Path, dir: &std::path::Path) -> f64 {
         "ck-{}",
         path.file_name().unwrap().to_string_lossy()
     ));
-    let out = Command::new(env!("CARGO_BIN_EXE_aviary"))
-        .args([
-            "train",
-            "--corpus",
-            path.to_str().unwrap(),
-            "--checkpoint-dir",
-        ])
-        .arg(&ck)
-        .args(common::TINY)
+    let out = common::train_tiny(path, &ck)
         .args(["--max-steps", "5"])
         .env("RAYON_NUM_THREADS", "2")
         .output()

@@ -449,6 +449,18 @@ pub fn gemm(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool) {
     }
 }
 
+/// Calls micro-kernel `$micro::<R>` for the row count `$rows` (one of the listed counts,
+/// else 1): the rows are a const generic, so the accumulators stay in registers.
+#[cfg(target_arch = "x86_64")]
+macro_rules! by_rows {
+    ($micro:ident, $rows:expr, $args:tt, $($r:literal)*) => {
+        match $rows {
+            $($r => $micro::<$r> $args,)*
+            _ => $micro::<1> $args,
+        }
+    };
+}
+
 /// Columns per packed panel of [`PackedB`]: two AVX registers.
 const NR: usize = 16;
 /// Rows per micro-kernel call: 6 x 2 accumulators plus 3 operands fill the 16 AVX registers.
@@ -532,16 +544,7 @@ impl PackedB {
                         accumulate,
                         MR512,
                         &|rows, a, p, d, ldd, cols, acc| unsafe {
-                            match rows {
-                                8 => micro_avx512::<8>(a, p, d, ldd, cols, acc),
-                                7 => micro_avx512::<7>(a, p, d, ldd, cols, acc),
-                                6 => micro_avx512::<6>(a, p, d, ldd, cols, acc),
-                                5 => micro_avx512::<5>(a, p, d, ldd, cols, acc),
-                                4 => micro_avx512::<4>(a, p, d, ldd, cols, acc),
-                                3 => micro_avx512::<3>(a, p, d, ldd, cols, acc),
-                                2 => micro_avx512::<2>(a, p, d, ldd, cols, acc),
-                                _ => micro_avx512::<1>(a, p, d, ldd, cols, acc),
-                            }
+                            by_rows!(micro_avx512, rows, (a, p, d, ldd, cols, acc), 8 7 6 5 4 3 2)
                         },
                     )
                 }
@@ -552,14 +555,7 @@ impl PackedB {
                         accumulate,
                         MR,
                         &|rows, a, p, d, ldd, cols, acc| unsafe {
-                            match rows {
-                                6 => micro_avx2::<6>(a, p, d, ldd, cols, acc),
-                                5 => micro_avx2::<5>(a, p, d, ldd, cols, acc),
-                                4 => micro_avx2::<4>(a, p, d, ldd, cols, acc),
-                                3 => micro_avx2::<3>(a, p, d, ldd, cols, acc),
-                                2 => micro_avx2::<2>(a, p, d, ldd, cols, acc),
-                                _ => micro_avx2::<1>(a, p, d, ldd, cols, acc),
-                            }
+                            by_rows!(micro_avx2, rows, (a, p, d, ldd, cols, acc), 6 5 4 3 2)
                         },
                     )
                 }

@@ -115,6 +115,18 @@ pub fn ok(o: std::process::Output) -> (String, String) {
     (out, err)
 }
 
+/// `aviary train` of a tiny model ([`TINY`]) on `corpus` into `dir`; the caller adds flags.
+pub fn train_tiny(corpus: &Path, dir: &Path) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_aviary"));
+    c.arg("train")
+        .arg("--corpus")
+        .arg(corpus)
+        .arg("--checkpoint-dir")
+        .arg(dir)
+        .args(TINY);
+    c
+}
+
 /// Model and batch flags of a tiny model that trains in seconds.
 pub const TINY: [&str; 8] = [
     "--rnn-size",
