@@ -1,5 +1,5 @@
-//! The `aviary` binary: parse the command line, then hand over to a face: the CLI for a
-//! subcommand, the TUI without one.
+//! The `aviary` binary: parse the command line, open the session, then hand it to a face: the
+//! CLI for a subcommand, the TUI without one.
 
 use std::process::ExitCode;
 
@@ -13,9 +13,12 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     aviary::alloc::keep_freed_memory();
-    let result = aviary::cli::setup().and_then(|(mut cli, config)| match cli.command.take() {
-        Some(command) => aviary::cli::run(&cli, command, config),
-        None => aviary::tui::run(cli.home()?, config, cli.config.clone()),
+    let result = aviary::cli::setup().and_then(|(mut cli, config)| {
+        let mut session = cli.session(config)?;
+        match cli.command.take() {
+            Some(command) => aviary::cli::run(&mut session, command),
+            None => aviary::tui::run(session),
+        }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

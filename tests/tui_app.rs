@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use aviary::app::QueueStatus;
-use aviary::app::{Config, Home};
+use aviary::app::{Config, Home, Session};
 use aviary::tui::keymap::Pane;
 use aviary::tui::state::Confirm;
 use aviary::tui::App;
@@ -40,10 +40,11 @@ fn until(app: &mut App, what: &str, done: impl Fn(&App) -> bool) {
 }
 
 fn app_at(home: &Path) -> App {
-    App::new(
+    App::new(Session::open(
         Home::resolve(Some(home.to_path_buf())).unwrap(),
         Config::default(),
-    )
+        None,
+    ))
     .unwrap()
 }
 
@@ -188,10 +189,11 @@ fn training_starts_stops_resumes_and_quitting_asks_first() {
     // Small steps, so a stop lands mid-run.
     config.finetune.batch_size = 8;
     config.finetune.num_epochs = 3;
-    let mut app = App::new(
+    let mut app = App::new(Session::open(
         Home::resolve(Some(dir.path().to_path_buf())).unwrap(),
         config,
-    )
+        None,
+    ))
     .unwrap();
     // The welcome says "t fine-tunes it" on the Bots pane: t works there and shows the run.
     assert!(app.state.status.contains("t fine-tunes it"));
@@ -257,10 +259,11 @@ fn fine_tuning_again_asks_before_replacing_the_model() {
     config.finetune.smoothing = 1.0;
     config.train.seq_len = 32;
     config.train.val_batches = 1;
-    let mut app = App::new(
+    let mut app = App::new(Session::open(
         Home::resolve(Some(dir.path().to_path_buf())).unwrap(),
         config,
-    )
+        None,
+    ))
     .unwrap();
     code(&mut app, KeyCode::Enter);
     key(&mut app, 't');

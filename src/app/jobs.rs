@@ -1,7 +1,7 @@
 //! The long-running use cases as jobs on a thread of their own (fine-tuning, generating,
 //! importing, posting now), each reporting through one channel of [`AppEvent`]s: a face (the
-//! TUI) applies the events to its state and never waits for a job. Each job opens its own
-//! connection to the store.
+//! TUI) applies the events to its state and never waits for a job. Each job works in a
+//! [`Session::for_job`]: its own connection to the store.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::app::training::Init;
 use crate::app::{
-    self, Config, GenerateRequest, Home, TrainData, TrainEvent, TrainOverrides, TrainRequest,
+    self, GenerateRequest, Session, TrainData, TrainEvent, TrainOverrides, TrainRequest,
 };
 
 /// What a background job reports.
@@ -34,8 +34,7 @@ fn words(e: crate::Error) -> String {
 
 /// Fine-tunes bot `bot` (resuming with `restore`, starting over with `replace`).
 pub fn train(
-    home: Home,
-    config: Config,
+    session: Session,
     bot: String,
     restore: bool,
     cancel: Arc<AtomicBool>,
@@ -52,7 +51,10 @@ pub fn train(
             }
         });
         let req = TrainRequest {
-            data: TrainData::Bot { home, name: bot },
+            data: TrainData::Bot {
+                home: session.home().clone(),
+                name: bot,
+            },
             init: Init::Pretrained(None),
             checkpoint_dir: None,
             restore,
@@ -62,7 +64,7 @@ pub fn train(
             device: None,
         };
         // `app::train` applies [finetune] itself, as for `aviary finetune`.
-        let result = app::train(&config, &req, &ttx, &cancel);
+        let result = app::train(session.config(), &req, &ttx, &cancel);
         drop(ttx);
         let _ = forward.join();
         let _ = tx.send(AppEvent::TrainDone(
@@ -84,15 +86,14 @@ pub fn train(
 
 /// Generates `n` candidates for bot `bot`.
 pub fn generate(
-    home: Home,
-    config: Config,
+    mut session: Session,
     bot: String,
     temperature: f64,
     prime: String,
     tx: Sender<AppEvent>,
 ) {
     std::thread::spawn(move || {
-        let r = home.open_store().and_then(|mut store| {
+        let r = session.parts().and_then(|p| {
             let req = GenerateRequest {
                 checkpoint: None,
                 n: 10,
@@ -102,26 +103,25 @@ pub fn generate(
                 prime,
                 seed: None,
             };
-            app::candidates::generate_for_bot(&config, &mut store, &bot, &req)
+            app::candidates::generate_for_bot(p.config, p.store, &bot, &req)
         });
         let _ = tx.send(AppEvent::Generated(r.map(|b| b.kept.len()).map_err(words)));
     });
 }
 
 /// Imports a file, or fetches an @handle, into bot `bot`.
-pub fn import(home: Home, config: Config, bot: String, source: String, tx: Sender<AppEvent>) {
+pub fn import(mut session: Session, bot: String, source: String, tx: Sender<AppEvent>) {
     std::thread::spawn(move || {
-        let r = home.open_store().and_then(|mut store| {
+        let r = session.parts().and_then(|p| {
             if let Some(handle) = source.strip_prefix('@') {
-                let setup = app::posting::PostingSetup::new(&home, &config, false);
-                let f = app::fetch::fetch(&setup, &mut store, &bot, handle, 3200)?;
+                let f = app::fetch::fetch(&p.posting(false), p.store, &bot, handle, 3200)?;
                 Ok(format!(
                     "fetched {} tweets of @{handle} into {bot}: {} kept",
                     f.fetched, f.report.kept
                 ))
             } else {
                 let report = app::bots::import(
-                    &mut store,
+                    p.store,
                     &app::ImportRequest {
                         bot: bot.clone(),
                         paths: vec![PathBuf::from(shellish(&source))],
@@ -149,18 +149,13 @@ fn shellish(s: &str) -> String {
 }
 
 /// Posts queue entry `id` now.
-pub fn post_now(home: Home, config: Config, id: i64, tx: Sender<AppEvent>) {
+pub fn post_now(mut session: Session, id: i64, tx: Sender<AppEvent>) {
     std::thread::spawn(move || {
-        let r = home.open_store().and_then(|mut store| {
-            let setup = app::posting::PostingSetup::new(&home, &config, false);
+        let r = session.parts().and_then(|p| {
             let mut last = String::new();
-            let e = app::posting::post_now(
-                &setup,
-                &mut store,
-                id,
-                &crate::schedule::SystemClock,
-                &mut |ev| last = ev.to_string(),
-            )?;
+            let e = app::posting::post_now(&p.posting(false), p.store, id, p.clock, &mut |ev| {
+                last = ev.to_string()
+            })?;
             Ok(format!("#{id} {}: {last}", e.status))
         });
         let _ = tx.send(AppEvent::Posted(r.map_err(words)));

@@ -1,7 +1,7 @@
 //! The use cases both faces call: manage bots and import their tweets, fine-tune and evaluate
 //! their models, generate and review candidates, queue and post them (the scheduler and its
-//! service), search hyperparameters, benchmark the engine; `jobs` runs the long ones on
-//! threads of their own. The only module that combines the parts, and all the faces see:
+//! service), search hyperparameters, benchmark the engine; a [`Session`] holds what one
+//! process works in, and `jobs` runs the long use cases on threads of their own. The only module that combines the parts, and all the faces see:
 //! what they need of the parts is re-exported here.
 
 pub mod bench;
@@ -15,16 +15,16 @@ pub mod jobs;
 pub mod overview;
 pub mod posting;
 pub mod service;
+pub mod session;
 pub mod training;
 
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 
-/// The formats `import` reads, and the clock the posting use cases read the time from.
+/// The formats `import` reads.
 pub use crate::corpus::Format as ImportFormat;
 pub use crate::generate::QualityReport;
-pub use crate::schedule::SystemClock;
 /// The store's handle and rows, as the faces see them through the use cases here.
 pub use crate::store::{CandidateRow, QueueRow, QueueStatus, Store};
 /// What the faces see of a training run.
@@ -32,6 +32,7 @@ pub use crate::train::{SplitRule, StopReason, TrainEvent};
 pub use bots::{BotDetails, BotTweets, ImportRequest};
 pub use config::Config;
 pub use home::Home;
+pub use session::Session;
 pub use training::{eval, train, EvalRow, TrainData, TrainOutcome, TrainOverrides, TrainRequest};
 
 use crate::generate::{self, SampleConfig};

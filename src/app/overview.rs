@@ -42,17 +42,8 @@ pub struct BotOverview {
     pub mode: Mode,
 }
 
-/// Every bot at a glance, by name, each with its queue.
-pub fn overview(
-    setup: &PostingSetup,
-    store: &Store,
-    clock: &dyn Clock,
-) -> Result<Vec<(BotOverview, QueueSummary)>> {
-    overview_with(setup, setup.credentials()?.as_ref(), store, clock)
-}
-
-/// [`overview`] posting with `creds` (read by the caller, who may keep them): four reads of
-/// the store in all (bots, their tweet counts, runs and queues), however many bots there are.
+/// Every bot at a glance, by name, each with its queue, posting with `creds` (read by the
+/// caller, who may keep them: [`super::Session::overview`]): four reads of the store in all (bots, their tweet counts, runs and queues), however many bots there are.
 pub fn overview_with(
     setup: &PostingSetup,
     creds: Option<&Credentials>,

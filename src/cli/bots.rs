@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 
 use crate::app::bots::{self, ImportRequest};
+use crate::app::session::{Parts, Session};
 use crate::app::ImportFormat as Format;
-use crate::app::{Config, Home};
 use crate::{Error, Result};
 
 /// `aviary bot`.
@@ -77,16 +77,21 @@ pub struct ImportArgs {
 }
 
 /// Runs a bot subcommand.
-pub fn bot(config: &Config, home: &Home, a: BotArgs) -> Result<()> {
-    let mut store = home.open_store()?;
+pub fn bot(session: &mut Session, a: BotArgs) -> Result<()> {
+    let Parts {
+        home,
+        config,
+        store,
+        ..
+    } = session.parts()?;
     match a.command {
         BotCommand::New { name, handle } => {
-            let bot = bots::new_bot(&mut store, config, &name, handle.as_deref())?;
+            let bot = bots::new_bot(store, config, &name, handle.as_deref())?;
             let at = bot.handle.map(|h| format!(" (@{h})")).unwrap_or_default();
             println!("created bot {name}{at}; import its tweets with `aviary import {name} FILE`");
         }
         BotCommand::List => {
-            let all = bots::list_bots(&store)?;
+            let all = bots::list_bots(store)?;
             if all.is_empty() {
                 println!("no bots yet; create one with `aviary bot new NAME`");
                 return Ok(());
@@ -114,9 +119,9 @@ pub fn bot(config: &Config, home: &Home, a: BotArgs) -> Result<()> {
                 );
             }
         }
-        BotCommand::Show { name } => show(&bots::show_bot(&store, &name)?),
+        BotCommand::Show { name } => show(&bots::show_bot(store, &name)?),
         BotCommand::Remove { name, yes } => {
-            let counts = bots::show_bot(&store, &name)?.counts;
+            let counts = bots::show_bot(store, &name)?.counts;
             let dir = home.bot_dir(&name);
             if !yes {
                 let q = format!(
@@ -129,7 +134,7 @@ pub fn bot(config: &Config, home: &Home, a: BotArgs) -> Result<()> {
                     return Ok(());
                 }
             }
-            bots::remove_bot(home, &mut store, &name)?;
+            bots::remove_bot(home, store, &name)?;
             println!("removed bot {name}");
         }
         BotCommand::Policy {
@@ -137,7 +142,7 @@ pub fn bot(config: &Config, home: &Home, a: BotArgs) -> Result<()> {
             settings,
             reset,
         } => {
-            let bot = bots::find_bot(&store, &name)?;
+            let bot = bots::find_bot(store, &name)?;
             if settings.is_empty() && !reset {
                 let policy = bots::policy_of(&bot)?;
                 print!("{}", toml::to_string(&policy).expect("a policy serialises"));
@@ -148,7 +153,7 @@ pub fn bot(config: &Config, home: &Home, a: BotArgs) -> Result<()> {
             } else {
                 bots::apply_settings(&bots::policy_of(&bot)?, &settings)?
             };
-            let report = bots::set_policy(&mut store, &name, &policy)?;
+            let report = bots::set_policy(store, &name, &policy)?;
             print!("{}", toml::to_string(&policy).expect("a policy serialises"));
             println!("re-cleaned the tweets of {name}:");
             print!("{}", report.render());
@@ -255,12 +260,11 @@ fn show(d: &bots::BotDetails) {
 }
 
 /// Runs `aviary import`.
-pub fn import(config: &Config, home: &Home, a: ImportArgs) -> Result<()> {
+pub fn import(session: &mut Session, a: ImportArgs) -> Result<()> {
     let format = a.format.as_deref().map(str::parse::<Format>).transpose()?;
-    let mut store = home.open_store()?;
+    let p = session.parts()?;
     if let Some(handle) = &a.fetch {
-        let setup = crate::app::posting::PostingSetup::new(home, config, false);
-        let f = crate::app::fetch::fetch(&setup, &mut store, &a.bot, handle, a.max)?;
+        let f = crate::app::fetch::fetch(&p.posting(false), p.store, &a.bot, handle, a.max)?;
         println!(
             "fetched {} tweets of @{} into {} (pages kept in {})",
             f.fetched,
@@ -277,7 +281,7 @@ pub fn import(config: &Config, home: &Home, a: ImportArgs) -> Result<()> {
         return Ok(());
     }
     let report = bots::import(
-        &mut store,
+        p.store,
         &ImportRequest {
             bot: a.bot.clone(),
             paths: a.files,

@@ -13,8 +13,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::app::training::Init;
 use crate::app::{
-    self, bench::BenchRequest, Config, GenerateRequest, Home, StopReason, TrainData, TrainEvent,
-    TrainOverrides, TrainRequest,
+    self, bench::BenchRequest, Config, GenerateRequest, Home, Session, StopReason, TrainData,
+    TrainEvent, TrainOverrides, TrainRequest,
 };
 use crate::{Error, Result};
 
@@ -408,22 +408,23 @@ pub fn setup() -> Result<(Cli, Config)> {
 }
 
 impl Cli {
-    /// The aviary home: `--home`, `AVIARY_HOME` or the platform's data directory.
-    pub fn home(&self) -> Result<Home> {
-        Home::resolve(self.home.clone())
+    /// The session the command line names: its home (`--home`, `AVIARY_HOME` or the
+    /// platform's data directory) and `config` (read from `--config`).
+    pub fn session(&self, config: Config) -> Result<Session> {
+        let home = Home::resolve(self.home.clone())?;
+        Ok(Session::open(home, config, self.config.clone()))
     }
 }
 
-/// Runs subcommand `command` of `cli`.
-pub fn run(cli: &Cli, command: Command, config: Config) -> Result<()> {
-    let home = || cli.home();
+/// Runs subcommand `command` in `session`.
+pub fn run(session: &mut Session, command: Command) -> Result<()> {
     match command {
-        Command::Bot(a) => bots::bot(&config, &home()?, a),
-        Command::Import(a) => bots::import(&config, &home()?, a),
-        Command::Train(a) => train(&config, home, a),
+        Command::Bot(a) => bots::bot(session, a),
+        Command::Import(a) => bots::import(session, a),
+        Command::Train(a) => train(session, a),
         Command::Base(BaseArgs {
             command: BaseCommand::Train(a),
-        }) => train(&config, home, *a),
+        }) => train(session, *a),
         Command::Base(BaseArgs {
             command: BaseCommand::Words(a),
         }) => {
@@ -431,20 +432,20 @@ pub fn run(cli: &Cli, command: Command, config: Config) -> Result<()> {
             println!("{n} words written to {}", a.out.display());
             Ok(())
         }
-        Command::Finetune(a) => finetune(&config, home()?, a),
-        Command::Eval(a) => eval(&config, home, a),
-        Command::Search(a) => search(&config, home, a),
-        Command::Candidates(a) => candidates(&home()?, a),
-        Command::Generate(a) => generate(&config, home, a),
-        Command::Bench(a) => bench(&config, a),
-        Command::Auth(a) => posting::auth(&config, &home()?, a),
-        Command::Queue(a) => posting::queue(&config, &home()?, a),
-        Command::PostNow(a) => posting::post_now(&config, &home()?, a),
-        Command::Schedule(a) => posting::schedule(&config, cli.config.as_deref(), &home()?, a),
+        Command::Finetune(a) => finetune(session, a),
+        Command::Eval(a) => eval(session, a),
+        Command::Search(a) => search(session, a),
+        Command::Candidates(a) => candidates(session, a),
+        Command::Generate(a) => generate(session, a),
+        Command::Bench(a) => bench(session.config(), a),
+        Command::Auth(a) => posting::auth(session, a),
+        Command::Queue(a) => posting::queue(session, a),
+        Command::PostNow(a) => posting::post_now(session, a),
+        Command::Schedule(a) => posting::schedule(session, a),
     }
 }
 
-fn train(config: &Config, home: impl FnOnce() -> Result<Home>, a: TrainArgs) -> Result<()> {
+fn train(session: &Session, a: TrainArgs) -> Result<()> {
     let overrides = TrainOverrides {
         seq_len: a.seq_len,
         rnn_size: a.rnn_size,
@@ -457,7 +458,7 @@ fn train(config: &Config, home: impl FnOnce() -> Result<Home>, a: TrainArgs) -> 
     };
     let data = match a.bot {
         Some(name) => TrainData::Bot {
-            home: home()?,
+            home: session.home().clone(),
             name,
         },
         None => TrainData::Files(a.corpus),
@@ -467,21 +468,24 @@ fn train(config: &Config, home: impl FnOnce() -> Result<Home>, a: TrainArgs) -> 
         None => Init::Scratch,
     };
     let req = a.run.request(data, init, a.checkpoint_dir, overrides);
-    run_training(config, req)
+    run_training(session.config(), req)
 }
 
 /// `aviary finetune`.
-fn finetune(config: &Config, home: Home, a: FinetuneArgs) -> Result<()> {
+fn finetune(session: &Session, a: FinetuneArgs) -> Result<()> {
     let overrides = TrainOverrides {
         learning_rate: a.lr,
         num_epochs: a.epochs,
         ..TrainOverrides::default()
     };
-    let data = TrainData::Bot { home, name: a.bot };
+    let data = TrainData::Bot {
+        home: session.home().clone(),
+        name: a.bot,
+    };
     let req = a
         .run
         .request(data, Init::Pretrained(a.from), None, overrides);
-    run_training(config, req)
+    run_training(session.config(), req)
 }
 
 /// Runs a training request with progress drawn, Ctrl-C stopping it cleanly.
@@ -522,9 +526,9 @@ fn run_training(config: &Config, req: TrainRequest) -> Result<()> {
 }
 
 /// `aviary candidates`: review, then list.
-fn candidates(home: &Home, a: CandidatesArgs) -> Result<()> {
+fn candidates(session: &mut Session, a: CandidatesArgs) -> Result<()> {
     use app::candidates::{list, review, Review};
-    let mut store = home.open_store()?;
+    let store = session.store()?;
     let action = if !a.approve.is_empty() {
         Some((a.approve.clone(), Review::Approve))
     } else if !a.reject.is_empty() {
@@ -543,7 +547,7 @@ fn candidates(home: &Home, a: CandidatesArgs) -> Result<()> {
         None
     };
     if let Some((ids, r)) = action {
-        review(&mut store, &a.bot, &ids, &r)?;
+        review(store, &a.bot, &ids, &r)?;
         let done = match r {
             Review::Approve => "approved",
             Review::Reject => "rejected",
@@ -552,7 +556,7 @@ fn candidates(home: &Home, a: CandidatesArgs) -> Result<()> {
         };
         eprintln!("{} candidate(s) of {} {done}", ids.len(), a.bot);
     }
-    for c in list(&store, &a.bot, a.status.as_deref())? {
+    for c in list(store, &a.bot, a.status.as_deref())? {
         let text = c.edited_text.as_deref().unwrap_or(&c.text);
         let novelty = c.novelty.map_or("-".into(), |n| format!("{n:.2}"));
         let score = c.score.map_or("-".into(), |n| format!("{n:.2}"));
@@ -562,10 +566,11 @@ fn candidates(home: &Home, a: CandidatesArgs) -> Result<()> {
 }
 
 /// `aviary search`: trials one after another, then the ranked table.
-fn search(config: &Config, home: impl FnOnce() -> Result<Home>, a: SearchArgs) -> Result<()> {
+fn search(session: &Session, a: SearchArgs) -> Result<()> {
+    let config = session.config();
     let (data, out) = match a.bot {
         Some(name) => {
-            let home = home()?;
+            let home = session.home().clone();
             let out = a.out.unwrap_or_else(|| home.bot_dir(&name).join("search"));
             (TrainData::Bot { home, name }, out)
         }
@@ -626,7 +631,8 @@ fn search(config: &Config, home: impl FnOnce() -> Result<Home>, a: SearchArgs) -
 }
 
 /// `aviary eval`: the table of held-out losses.
-fn eval(config: &Config, home: impl FnOnce() -> Result<Home>, a: EvalArgs) -> Result<()> {
+fn eval(session: &Session, a: EvalArgs) -> Result<()> {
+    let config = session.config();
     let Some(bot) = a.bot else {
         let split = a.split.map(|s| match s {
             SplitArg::Folded => app::SplitRule::Folded,
@@ -641,14 +647,14 @@ fn eval(config: &Config, home: impl FnOnce() -> Result<Home>, a: EvalArgs) -> Re
         )?;
         return print_eval(&rows);
     };
-    let home = home()?;
+    let home = session.home();
     let cancel = AtomicBool::new(false);
     let (tx, rx) = mpsc::channel();
     let rows = std::thread::scope(|s| {
         let worker = s.spawn(move || {
             app::eval(
                 config,
-                &home,
+                home,
                 &bot,
                 a.scratch,
                 a.device.as_deref(),
@@ -779,7 +785,7 @@ fn fmt_secs(s: f64) -> String {
     }
 }
 
-fn generate(config: &Config, home: impl FnOnce() -> Result<Home>, a: GenerateArgs) -> Result<()> {
+fn generate(session: &mut Session, a: GenerateArgs) -> Result<()> {
     let req = GenerateRequest {
         checkpoint: a.checkpoint,
         n: a.n,
@@ -790,16 +796,16 @@ fn generate(config: &Config, home: impl FnOnce() -> Result<Home>, a: GenerateArg
         seed: a.seed,
     };
     let Some(bot) = a.bot else {
-        let (texts, seed) = app::generate(config, &req)?;
+        let (texts, seed) = app::generate(session.config(), &req)?;
         for t in texts {
             println!("{t}");
         }
         tracing::info!("seed {seed}");
         return Ok(());
     };
-    let mut store = home()?.open_store()?;
+    let p = session.parts()?;
     let started = std::time::Instant::now();
-    let batch = app::candidates::generate_for_bot(config, &mut store, &bot, &req)?;
+    let batch = app::candidates::generate_for_bot(p.config, p.store, &bot, &req)?;
     let dropped: Vec<String> = batch
         .rejected
         .iter()

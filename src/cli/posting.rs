@@ -9,8 +9,8 @@ use std::sync::Arc;
 use chrono::{NaiveDate, Utc};
 use clap::{Args, Subcommand};
 
-use crate::app::posting::{self, PostEvent, PostingSetup, RunOptions};
-use crate::app::{Config, Home, SystemClock};
+use crate::app::posting::{self, PostEvent, RunOptions};
+use crate::app::Session;
 use crate::{Error, Result};
 
 /// `aviary auth`.
@@ -141,12 +141,7 @@ fn print_line(line: &str) {
 }
 
 /// `schedule status`: running or not, since when, each bot's next post, the log's end.
-fn print_status(
-    config: &Config,
-    home: &Home,
-    store: &crate::app::Store,
-    s: &crate::app::service::ServiceStatus,
-) -> Result<()> {
+fn print_status(session: &mut Session, s: &crate::app::service::ServiceStatus) -> Result<()> {
     if let Some(pid) = s.stale {
         println!("(process {pid} ended without stopping, killed or at a reboot: its pid file is removed)");
     }
@@ -158,8 +153,7 @@ fn print_status(
         (true, None) => println!("scheduler running in a terminal (`aviary schedule run`)"),
         (false, _) => println!("scheduler not running: start it with `aviary schedule start`"),
     }
-    let setup = PostingSetup::new(home, config, false);
-    for (bot, _) in crate::app::overview::overview(&setup, store, &SystemClock)? {
+    for (bot, _) in session.overview()? {
         let next = bot
             .next_post
             .map(posting::stamp)
@@ -167,7 +161,10 @@ fn print_status(
         println!("  {}: {} queued, next post {next}", bot.name, bot.queued);
     }
     if !s.log_tail.is_empty() {
-        println!("log ({}):", crate::app::service::log_path(home).display());
+        println!(
+            "log ({}):",
+            crate::app::service::log_path(session.home()).display()
+        );
         for l in &s.log_tail {
             println!("  {l}");
         }
@@ -176,8 +173,8 @@ fn print_status(
 }
 
 /// Runs `aviary auth`.
-pub fn auth(config: &Config, home: &Home, a: AuthArgs) -> Result<()> {
-    let done = posting::authorize(home, config, &a.bot, |url| {
+pub fn auth(session: &Session, a: AuthArgs) -> Result<()> {
+    let done = posting::authorize(session.home(), session.config(), &a.bot, |url| {
         println!("1. Sign in to X as the account bot `{}` posts as.", a.bot);
         println!("2. Open this page and authorise the app:\n   {url}");
         print!("3. Type the PIN X shows: ");
@@ -202,12 +199,11 @@ pub fn auth(config: &Config, home: &Home, a: AuthArgs) -> Result<()> {
 }
 
 /// Runs `aviary queue ...`.
-pub fn queue(config: &Config, home: &Home, a: QueueArgs) -> Result<()> {
-    let mut store = home.open_store()?;
+pub fn queue(session: &mut Session, a: QueueArgs) -> Result<()> {
+    let p = session.parts()?;
     match a.command {
         QueueCommand::List { bot } => {
-            let setup = PostingSetup::new(home, config, false);
-            let all = posting::summary(&setup, &store, bot.as_deref(), &SystemClock)?;
+            let all = posting::summary(&p.posting(false), p.store, bot.as_deref(), p.clock)?;
             if all.is_empty() {
                 println!("no bots yet; create one with `aviary bot new NAME`");
             }
@@ -225,19 +221,19 @@ pub fn queue(config: &Config, home: &Home, a: QueueArgs) -> Result<()> {
             }
         }
         QueueCommand::Add { bot, text } => {
-            let id = posting::queue_text(&mut store, &bot, &text)?;
+            let id = posting::queue_text(p.store, &bot, &text)?;
             println!("queued #{id} for {bot}");
         }
         QueueCommand::Remove { id } => {
-            let e = posting::remove(&mut store, id)?;
+            let e = posting::remove(p.store, id)?;
             println!("removed #{id} from {}'s queue", e.bot);
         }
         QueueCommand::Move { id, to } => {
-            posting::move_to(&mut store, id, to)?;
+            posting::move_to(p.store, id, to)?;
             println!("moved #{id} to place {to}");
         }
         QueueCommand::Retry { id } => {
-            posting::retry(&mut store, id)?;
+            posting::retry(p.store, id)?;
             println!("#{id} is queued again");
         }
     }
@@ -298,10 +294,9 @@ fn stop_flag() -> Result<Arc<AtomicBool>> {
 }
 
 /// Runs `aviary post-now`.
-pub fn post_now(config: &Config, home: &Home, a: PostNowArgs) -> Result<()> {
-    let mut store = home.open_store()?;
-    let setup = PostingSetup::new(home, config, a.dry_run);
-    let e = posting::post_now(&setup, &mut store, a.id, &SystemClock, &mut log)?;
+pub fn post_now(session: &mut Session, a: PostNowArgs) -> Result<()> {
+    let p = session.parts()?;
+    let e = posting::post_now(&p.posting(a.dry_run), p.store, a.id, p.clock, &mut log)?;
     println!("#{}: {}", e.id, e.status);
     match e.status {
         crate::app::QueueStatus::Posted | crate::app::QueueStatus::Sending => Ok(()),
@@ -317,14 +312,11 @@ pub fn post_now(config: &Config, home: &Home, a: PostNowArgs) -> Result<()> {
 }
 
 /// Runs `aviary schedule ...`; `config_path` is the `--config` given, for the service.
-pub fn schedule(
-    config: &Config,
-    config_path: Option<&Path>,
-    home: &Home,
-    a: ScheduleArgs,
-) -> Result<()> {
+pub fn schedule(session: &mut Session, a: ScheduleArgs) -> Result<()> {
     use crate::app::service;
-    let mut store = home.open_store()?;
+    let home = &session.home().clone();
+    let config_path = session.config_path().map(Path::to_path_buf);
+    let config_path = config_path.as_deref();
     match a.command {
         ScheduleCommand::Run {
             bots,
@@ -332,7 +324,8 @@ pub fn schedule(
             once,
             log: log_file,
         } => {
-            let setup = PostingSetup::new(home, config, dry_run);
+            let p = session.parts()?;
+            let setup = p.posting(dry_run);
             let stop = stop_flag()?;
             let opts = RunOptions { bots, once };
             let mut file = log_file
@@ -349,8 +342,7 @@ pub fn schedule(
                 None => print_line(&line),
             };
             let mut on = |e: PostEvent| say(format!("{} {e}", posting::stamp(Utc::now())));
-            let result =
-                posting::run_scheduler(&setup, &mut store, &opts, &SystemClock, &stop, &mut on);
+            let result = posting::run_scheduler(&setup, p.store, &opts, p.clock, &stop, &mut on);
             if let Err(e) = &result {
                 say(format!("{} stopped: {e}", posting::stamp(Utc::now())));
             }
@@ -370,7 +362,7 @@ pub fn schedule(
                 "scheduler started (process {pid}); log: {}",
                 service::log_path(home).display()
             );
-            print_status(config, home, &store, &s)?;
+            print_status(session, &s)?;
         }
         ScheduleCommand::Stop => {
             service::stop(home, std::time::Duration::from_secs(120))?;
@@ -378,7 +370,7 @@ pub fn schedule(
         }
         ScheduleCommand::Status => {
             let s = service::status(home, 10)?;
-            print_status(config, home, &store, &s)?;
+            print_status(session, &s)?;
         }
         ScheduleCommand::Install => {
             let launch = service::Launch::current(config_path, home)?;
@@ -402,7 +394,8 @@ pub fn schedule(
             None => println!("no unit was installed"),
         },
         ScheduleCommand::Show { bot, date } => {
-            let (s, slots, tz) = posting::day_plan(config, &store, &bot, date, &SystemClock)?;
+            let p = session.parts()?;
+            let (s, slots, tz) = posting::day_plan(p.config, p.store, &bot, date, p.clock)?;
             println!(
                 "{bot}: schedule {}; slots {}{}, jitter {}, daily cap {}, quiet {}, time zone {}",
                 if s.enabled { "on" } else { "off" },
@@ -434,7 +427,8 @@ pub fn schedule(
             }
         }
         ScheduleCommand::Set { bot, settings } => {
-            posting::set_schedule(config, &mut store, &bot, &settings)?;
+            let p = session.parts()?;
+            posting::set_schedule(p.config, p.store, &bot, &settings)?;
             println!("schedule of {bot} changed; see it with `aviary schedule show {bot}`");
         }
     }

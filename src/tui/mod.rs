@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use crossterm::event::{Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 use crate::app::candidates::{self as cands, Review};
-use crate::app::posting::{self, PostingSetup};
-use crate::app::{self, overview, Config, Home, Store, SystemClock};
+use crate::app::posting;
+use crate::app::{self, overview, Session};
 use crate::Result;
 
 use crate::app::jobs::{self, AppEvent};
@@ -30,48 +30,37 @@ const TEMPERATURE_STEP: f64 = 0.1;
 pub struct App {
     /// What is on screen.
     pub state: State,
-    home: Home,
-    config: Config,
-    store: Store,
+    session: Session,
     tx: Sender<AppEvent>,
     rx: Receiver<AppEvent>,
     cancel: Arc<AtomicBool>,
     /// Reviews to undo: candidate id and the review that restores it.
     undo: Vec<(i64, Review)>,
     quit_after_training: bool,
-    /// The `--config` file, for the scheduler service the app starts.
-    config_path: Option<std::path::PathBuf>,
     /// Set when the app should end.
     pub quit: bool,
-    /// The credentials, re-read only when their file changes.
-    credentials: posting::CredentialsCache,
     /// Statements the store has run (what a refresh costs; `--debug` logs it).
     statements: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl App {
-    /// Opens the home (creating the sample bot on first launch) and loads the state.
-    pub fn new(home: Home, config: Config) -> Result<App> {
-        let first = overview::first_launch(&home, &config)?;
-        let mut store = home.open_store()?;
-        let statements = store.count_statements()?;
+    /// Opens the session's home (creating the sample bot on first launch) and loads the state.
+    pub fn new(mut session: Session) -> Result<App> {
+        let first = overview::first_launch(session.home(), session.config())?;
+        let statements = session.store()?.count_statements()?;
         let (tx, rx) = mpsc::channel();
         let mut app = App {
             state: State::default(),
-            home,
-            config,
-            store,
+            session,
             tx,
             rx,
             cancel: Arc::new(AtomicBool::new(false)),
             undo: Vec::new(),
             quit_after_training: false,
-            config_path: None,
             quit: false,
-            credentials: posting::CredentialsCache::default(),
             statements,
         };
-        app.state.temperature = app.config.generate.temperature;
+        app.state.temperature = app.session.config().generate.temperature;
         app.refresh()?;
         if first {
             let kept = app.state.bot().map_or(0, |b| b.kept);
@@ -83,11 +72,6 @@ impl App {
         Ok(app)
     }
 
-    /// The `--config` file the scheduler service started from the app is to read.
-    pub fn set_config_path(&mut self, path: Option<std::path::PathBuf>) {
-        self.config_path = path;
-    }
-
     /// SQL statements the app's store connection has run so far.
     pub fn store_statements(&self) -> u64 {
         self.statements.load(Ordering::Relaxed)
@@ -97,12 +81,7 @@ impl App {
     /// each table, however many bots there are.
     pub fn refresh(&mut self) -> Result<()> {
         let before = self.store_statements();
-        let setup = PostingSetup::new(&self.home, &self.config, false);
-        let creds = self.credentials.get(&setup)?;
-        let (bots, mut queues): (Vec<_>, Vec<_>) =
-            overview::overview_with(&setup, creds, &self.store, &SystemClock)?
-                .into_iter()
-                .unzip();
+        let (bots, mut queues): (Vec<_>, Vec<_>) = self.session.overview()?.into_iter().unzip();
         self.state.bots = bots;
         self.state.clamp();
         let Some(bot) = self.state.bot().cloned() else {
@@ -111,10 +90,10 @@ impl App {
             self.state.posting_line.clear();
             return Ok(());
         };
-        self.state.candidates = cands::list(&self.store, &bot.name, None)?;
+        self.state.candidates = cands::list(self.session.store()?, &bot.name, None)?;
         // The selected bot's queue, from the same read as the bots list.
         let q = queues.swap_remove(self.state.bot_sel);
-        let service = app::service::status(&self.home, 1)?;
+        let service = app::service::status(self.session.home(), 1)?;
         let scheduler = if service.running {
             "scheduler running (S stops it)"
         } else {
@@ -318,8 +297,7 @@ impl App {
                 }
                 s.generating = true;
                 jobs::generate(
-                    self.home.clone(),
-                    self.config.clone(),
+                    self.session.for_job(),
                     b,
                     s.temperature,
                     s.prime.clone(),
@@ -362,7 +340,7 @@ impl App {
             }
             Action::Undo => match (self.undo.pop(), bot) {
                 (Some((id, r)), Some(b)) => self.attempt(|a| {
-                    cands::review(&mut a.store, &b, &[id], &r)?;
+                    cands::review(a.session.store()?, &b, &[id], &r)?;
                     a.state.say(format!("undone: #{id} is back as it was"));
                     Ok(())
                 }),
@@ -395,7 +373,7 @@ impl App {
                     place + 2
                 };
                 self.attempt(|a| {
-                    posting::move_to(&mut a.store, e.id, to)?;
+                    posting::move_to(a.session.store()?, e.id, to)?;
                     Ok(())
                 });
                 if let Some(i) = self.state.queue.iter().position(|q| q.id == e.id) {
@@ -407,19 +385,20 @@ impl App {
                     return;
                 };
                 self.attempt(|a| {
-                    posting::remove(&mut a.store, e.id)?;
+                    posting::remove(a.session.store()?, e.id)?;
                     a.state.say(format!("removed #{} from the queue", e.id));
                     Ok(())
                 });
             }
             Action::ToggleScheduler => self.attempt(|a| {
                 use app::service;
-                if service::status(&a.home, 0)?.running {
-                    service::stop(&a.home, Duration::from_secs(120))?;
+                let home = a.session.home();
+                if service::status(home, 0)?.running {
+                    service::stop(home, Duration::from_secs(120))?;
                     a.state.say("scheduler stopped");
                 } else {
-                    let launch = service::Launch::current(a.config_path.as_deref(), &a.home)?;
-                    let st = service::start(&a.home, &launch)?;
+                    let launch = service::Launch::current(a.session.config_path(), home)?;
+                    let st = service::start(home, &launch)?;
                     let pid = st.pid.map_or(0, |p| p.0);
                     a.state.say(format!(
                         "scheduler started (process {pid}): it runs on when aviary quits; S stops it"
@@ -433,8 +412,7 @@ impl App {
                 };
                 s.busy = Some(format!("posting #{}", e.id));
                 jobs::post_now(
-                    self.home.clone(),
-                    self.config.clone(),
+                    self.session.for_job(),
                     e.id,
                     self.tx.clone(),
                 );
@@ -457,7 +435,7 @@ impl App {
             _ => Review::Reset,
         };
         self.attempt(|a| {
-            cands::review(&mut a.store, &bot, &[c.id], &r)?;
+            cands::review(a.session.store()?, &bot, &[c.id], &r)?;
             a.undo.push((c.id, back));
             let what = match r {
                 Review::Approve => "approved and queued",
@@ -505,8 +483,7 @@ impl App {
             format!("fine-tuning {} from the base model", b.name)
         });
         jobs::train(
-            self.home.clone(),
-            self.config.clone(),
+            self.session.for_job(),
             b.name,
             b.resumable,
             self.cancel.clone(),
@@ -520,7 +497,8 @@ impl App {
                 self.state.confirm = None;
                 match c {
                     Confirm::DeleteBot(b) => self.attempt(|a| {
-                        app::bots::remove_bot(&a.home, &mut a.store, &b)?;
+                        let p = a.session.parts()?;
+                        app::bots::remove_bot(p.home, p.store, &b)?;
                         a.state.say(format!("deleted {b}"));
                         Ok(())
                     }),
@@ -570,7 +548,8 @@ impl App {
                     return;
                 }
                 self.attempt(|a| {
-                    app::bots::new_bot(&mut a.store, &a.config, &text, None)?;
+                    let p = a.session.parts()?;
+                    app::bots::new_bot(p.store, p.config, &text, None)?;
                     a.state.input = Some(Input::new(
                         InputPurpose::NewBotSource(text.clone()),
                         format!("Tweets for {text}: a file, archive or @handle (Enter: later)"),
@@ -607,13 +586,7 @@ impl App {
                 .say(format!("{bot} has no tweets yet: press i to import later"));
         }
         self.state.busy = Some(format!("importing {source} into {bot}"));
-        jobs::import(
-            self.home.clone(),
-            self.config.clone(),
-            bot,
-            source,
-            self.tx.clone(),
-        );
+        jobs::import(self.session.for_job(), bot, source, self.tx.clone());
     }
 
     /// Applies one job event.
@@ -675,9 +648,8 @@ impl App {
 }
 
 /// Runs the TUI until the user quits.
-pub fn run(home: Home, config: Config, config_path: Option<std::path::PathBuf>) -> Result<()> {
-    let mut app = App::new(home, config)?;
-    app.set_config_path(config_path);
+pub fn run(session: Session) -> Result<()> {
+    let mut app = App::new(session)?;
     in_terminal(|terminal| main_loop(terminal, &mut app))
 }
 

@@ -115,8 +115,6 @@ pub enum PostEvent {
     },
     /// The credentials file cannot be read now; the bots keep their routes.
     CredentialsUnreadable(String),
-    /// Test hook (`AVIARY_TEST_PAUSE_AT`): the process holds still at this step.
-    Holding(String),
 }
 
 pub(super) fn first_line(e: &ApiError) -> String {
@@ -171,7 +169,6 @@ impl std::fmt::Display for PostEvent {
             PostEvent::CredentialsUnreadable(why) => {
                 write!(f, "credentials unreadable, bots keep their routes: {why}")
             }
-            PostEvent::Holding(step) => write!(f, "holding at {step} (AVIARY_TEST_PAUSE_AT)"),
         }
     }
 }

@@ -44,8 +44,6 @@ struct Posting<'a> {
     max_attempts: u32,
     settle: chrono::Duration,
     retry_base: u64,
-    hold_at: Option<String>,
-    stop: &'a AtomicBool,
     on: &'a mut dyn FnMut(PostEvent),
     /// Whether the first sync is done (after it, unreadable credentials only say so).
     started: bool,
@@ -54,17 +52,6 @@ struct Posting<'a> {
 }
 
 impl Posting<'_> {
-    /// Test hook: with `AVIARY_TEST_PAUSE_AT=step`, hold still at `step` until killed or
-    /// stopped (the crash tests kill -9 the process there).
-    fn hold(&mut self, step: &str) {
-        if self.hold_at.as_deref() == Some(step) {
-            (self.on)(PostEvent::Holding(step.to_string()));
-            while !self.stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-
     fn user_id(&mut self, p: &mut BotPoster) -> std::result::Result<String, ApiError> {
         if let Some(id) = &p.user_id {
             return Ok(id.clone());
@@ -93,12 +80,10 @@ impl Posting<'_> {
             id: e.id,
             attempt,
         });
-        self.hold("claimed");
         let result = p.api.post(&e.text);
         let bot = p.bot.name.clone();
         match result {
             Ok(t) => {
-                self.hold("answered");
                 self.store
                     .write(|w| w.mark_posted(e.id, &t.id, &stamp(self.clock.now())))?;
                 (self.on)(PostEvent::Posted {
@@ -106,7 +91,6 @@ impl Posting<'_> {
                     id: e.id,
                     tweet_id: t.id,
                 });
-                self.hold("recorded");
                 Ok(Sent::Done)
             }
             Err(err) if err.delivery() == Delivery::Unknown => {
@@ -485,17 +469,10 @@ pub struct RunOptions {
     pub once: bool,
 }
 
-fn hold_at() -> Option<String> {
-    std::env::var("AVIARY_TEST_PAUSE_AT")
-        .ok()
-        .filter(|s| !s.is_empty())
-}
-
 fn posting<'a>(
     setup: &PostingSetup,
     store: &'a mut Store,
     clock: &'a dyn Clock,
-    stop: &'a AtomicBool,
     on: &'a mut dyn FnMut(PostEvent),
 ) -> Posting<'a> {
     Posting {
@@ -504,8 +481,6 @@ fn posting<'a>(
         max_attempts: setup.config.x.max_attempts.max(1),
         settle: chrono::Duration::seconds(setup.config.x.settle_seconds as i64),
         retry_base: setup.config.x.retry_seconds,
-        hold_at: hold_at(),
-        stop,
         on,
         started: false,
         creds_error: None,
@@ -556,7 +531,7 @@ pub fn run_scheduler(
         find_bot(store, name)?;
     }
     let mut posters = Vec::new();
-    let mut posting = posting(setup, store, clock, stop, on);
+    let mut posting = posting(setup, store, clock, on);
     while !stop.load(Ordering::Relaxed) {
         // Bots added, removed or rescheduled while this runs are taken in here.
         posting.sync(setup, opts, &mut posters)?;
@@ -616,8 +591,7 @@ pub fn post_now(
         .expect("an entry's bot exists");
     let route = setup.route(setup.credentials()?.as_ref(), &bot.name);
     let (mut p, mode) = poster(setup, store, bot, route, clock.now())?;
-    let stop = AtomicBool::new(false);
-    let mut posting = posting(setup, store, clock, &stop, on);
+    let mut posting = posting(setup, store, clock, on);
     (posting.on)(PostEvent::Ready {
         bot: p.bot.name.clone(),
         mode,
