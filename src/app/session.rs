@@ -127,3 +127,30 @@ fn opened<'a>(slot: &'a mut Option<Store>, home: &Home) -> Result<&'a mut Store>
     }
     Ok(slot.as_mut().expect("opened above"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::bots;
+
+    #[test]
+    fn the_store_opens_on_first_use_and_a_job_has_its_own_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::resolve(Some(dir.path().join("home"))).unwrap();
+        let mut session = Session::open(home, Config::default(), None);
+        // `aviary bench` or `train --corpus` never ask for the store: nothing is created.
+        assert!(!session.home().db_path().exists());
+        assert!(session.store().unwrap().bots().unwrap().is_empty());
+        assert!(session.home().db_path().exists());
+        // A job's session writes through a connection of its own; the app reads it back.
+        let mut job = session.for_job();
+        let p = job.parts().unwrap();
+        bots::new_bot(p.store, p.config, "from_a_job", None).unwrap();
+        let names: Vec<String> = bots::list_bots(session.store().unwrap())
+            .unwrap()
+            .into_iter()
+            .map(|(b, _)| b.name)
+            .collect();
+        assert_eq!(names, ["from_a_job"]);
+    }
+}
