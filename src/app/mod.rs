@@ -25,8 +25,8 @@ use candle_core::Device;
 /// The formats `import` reads.
 pub use crate::corpus::Format as ImportFormat;
 pub use crate::generate::QualityReport;
-/// The store's handle and rows, as the faces see them through the use cases here.
-pub use crate::store::{CandidateRow, QueueRow, QueueStatus, Store};
+/// The store's rows, as the faces see them through the use cases here.
+pub use crate::store::{CandidateRow, QueueRow, QueueStatus};
 /// What the faces see of a training run.
 pub use crate::train::{SplitRule, StopReason, TrainEvent};
 pub use bots::{BotDetails, BotTweets, ImportRequest};

@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use super::overview::{overview_with, BotOverview};
 use super::posting::{CredentialsCache, PostingSetup, QueueSummary};
-use super::{Config, Home, Store};
+use super::{Config, Home};
 use crate::schedule::{Clock, SystemClock};
+use crate::store::Store;
 use crate::Result;
 
 /// A run's home, config, store, clock and credentials.
