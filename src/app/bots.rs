@@ -84,14 +84,15 @@ pub fn find_bot(store: &Store, name: &str) -> Result<Bot> {
 
 /// Every bot with its tweet counts, by name.
 pub fn list_bots(store: &Store) -> Result<Vec<(Bot, TweetCounts)>> {
-    store
+    let mut counts = store.all_tweet_counts()?;
+    Ok(store
         .bots()?
         .into_iter()
         .map(|b| {
-            let c = store.tweet_counts(b.id)?;
-            Ok((b, c))
+            let c = counts.remove(&b.id).unwrap_or_default();
+            (b, c)
         })
-        .collect()
+        .collect())
 }
 
 /// Everything about one bot.

@@ -139,15 +139,16 @@ pub fn distinct(
     max_similarity: f64,
 ) -> (Vec<usize>, Vec<usize>) {
     let (mut kept, mut similar) = (Vec::new(), Vec::new());
+    let mut shown = super::NoveltyIndex::build([], ngram);
     for &i in ranked {
         if kept.len() == n {
             break;
         }
-        let shown = super::NoveltyIndex::build(kept.iter().map(|&k: &usize| texts[k]), ngram);
         if shown.overlap(texts[i]) >= max_similarity {
             similar.push(i);
         } else {
             kept.push(i);
+            shown = super::NoveltyIndex::build(kept.iter().map(|&k| texts[k]), ngram);
         }
     }
     (kept, similar)

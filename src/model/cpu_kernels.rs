@@ -653,17 +653,24 @@ unsafe fn micro_avx512<const R: usize>(
             *acc = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(kk * MR512 + i)), b, *acc);
         }
     }
-    for i in 0..R {
-        let row = &mut d[i * ldd..i * ldd + cols];
-        let mut tmp = [0f32; NR];
-        _mm512_storeu_ps(tmp.as_mut_ptr(), acc[i]);
-        if accumulate {
-            for (o, t) in row.iter_mut().zip(&tmp) {
-                *o += t;
-            }
-        } else {
-            row.copy_from_slice(&tmp[..cols]);
+    for (i, acc) in acc.iter().enumerate() {
+        let mut tile = [0f32; NR];
+        _mm512_storeu_ps(tile.as_mut_ptr(), *acc);
+        write_row(&mut d[i * ldd..i * ldd + cols], &tile, accumulate);
+    }
+}
+
+/// Writes (or, with `accumulate`, adds) the first `row.len()` of a micro-kernel's `NR`
+/// results for one row.
+#[inline(always)]
+#[cfg(target_arch = "x86_64")]
+fn write_row(row: &mut [f32], tile: &[f32; NR], accumulate: bool) {
+    if accumulate {
+        for (o, t) in row.iter_mut().zip(tile) {
+            *o += t;
         }
+    } else {
+        row.copy_from_slice(&tile[..row.len()]);
     }
 }
 
@@ -697,17 +704,10 @@ unsafe fn micro_avx2<const R: usize>(
         }
     }
     for i in 0..R {
-        let row = &mut d[i * ldd..i * ldd + cols];
-        let mut tmp = [0f32; NR];
-        _mm256_storeu_ps(tmp.as_mut_ptr(), lo[i]);
-        _mm256_storeu_ps(tmp.as_mut_ptr().add(8), hi[i]);
-        if accumulate {
-            for (o, t) in row.iter_mut().zip(&tmp) {
-                *o += t;
-            }
-        } else {
-            row.copy_from_slice(&tmp[..cols]);
-        }
+        let mut tile = [0f32; NR];
+        _mm256_storeu_ps(tile.as_mut_ptr(), lo[i]);
+        _mm256_storeu_ps(tile.as_mut_ptr().add(8), hi[i]);
+        write_row(&mut d[i * ldd..i * ldd + cols], &tile, accumulate);
     }
 }
 

@@ -337,13 +337,13 @@ impl Store {
     }
 
     fn tweet_counts_of(&self, bot: Option<BotId>) -> Result<HashMap<BotId, TweetCounts>> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT bot_id, kept, drop_reason, count(*), sum(length(text)) FROM tweets
-             WHERE ?1 IS NULL OR bot_id = ?1
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT bot_id, kept, drop_reason, count(*), sum(length(text)) FROM tweets{}
              GROUP BY bot_id, kept, drop_reason ORDER BY bot_id, drop_reason",
-        )?;
+            only_bot(bot)
+        ))?;
         let mut all: HashMap<BotId, TweetCounts> = HashMap::new();
-        let rows = st.query_map([bot], |r| {
+        let rows = st.query_map(rusqlite::params_from_iter(bot), |r| {
             Ok((
                 r.get::<_, BotId>(0)?,
                 r.get::<_, bool>(1)?,
@@ -428,13 +428,13 @@ impl Store {
     }
 
     fn runs_of(&self, bot: Option<BotId>) -> Result<HashMap<BotId, Vec<Run>>> {
-        let mut st = self.conn.prepare_cached(
+        let mut st = self.conn.prepare_cached(&format!(
             "SELECT bot_id, id, kind, started_at, finished_at, status, hyperparams, checkpoint_dir,
-                    steps, best_val_loss, losses, error FROM training_runs
-             WHERE ?1 IS NULL OR bot_id = ?1 ORDER BY id",
-        )?;
+                    steps, best_val_loss, losses, error FROM training_runs{} ORDER BY id",
+            only_bot(bot)
+        ))?;
         let mut all: HashMap<BotId, Vec<Run>> = HashMap::new();
-        let rows = st.query_map([bot], |r| {
+        let rows = st.query_map(rusqlite::params_from_iter(bot), |r| {
             let run = Run {
                 id: r.get(1)?,
                 kind: r.get(2)?,
@@ -712,6 +712,17 @@ impl Writer<'_> {
             ],
         )?;
         Ok(())
+    }
+}
+
+/// The `WHERE` clause of a query over one bot's rows (bound as `?1`) or, for `None`, every
+/// bot's. Two statement texts rather than `?1 IS NULL OR bot_id = ?1`, which SQLite plans as a
+/// scan of the whole table even when a bot is given.
+fn only_bot(bot: Option<BotId>) -> &'static str {
+    if bot.is_some() {
+        " WHERE bot_id = ?1"
+    } else {
+        ""
     }
 }
 

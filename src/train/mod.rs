@@ -42,6 +42,13 @@ struct Pace {
     speed: f64,
 }
 
+impl Pace {
+    /// Training seconds of the run in all, now.
+    fn train_seconds(&self) -> f64 {
+        self.seconds_before + self.started.elapsed().as_secs_f64()
+    }
+}
+
 /// Training hyperparameters. Stored in every checkpoint card.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -811,7 +818,7 @@ impl<'a> Trainer<'a> {
         };
         self.progress.step += 1;
         self.progress.batch_in_epoch += 1;
-        self.progress.train_seconds = pace.seconds_before + pace.started.elapsed().as_secs_f64();
+        self.progress.train_seconds = pace.train_seconds();
         let done_here = (self.progress.step - pace.start_step) as f64;
         let eta = pace.started.elapsed().as_secs_f64() / done_here
             * pace.total.saturating_sub(self.progress.step) as f64;
@@ -850,7 +857,7 @@ impl<'a> Trainer<'a> {
         pace: &Pace,
         events: &Sender<TrainEvent>,
     ) -> Result<StopReason> {
-        self.progress.train_seconds = pace.seconds_before + pace.started.elapsed().as_secs_f64();
+        self.progress.train_seconds = pace.train_seconds();
         self.progress.stopped = Some(reason);
         if self
             .history
