@@ -272,6 +272,15 @@ multiversion! {
     }
 }
 
+multiversion! {
+    /// `y += a x`.
+    pub fn axpy / axpy_on(a: f32, x: &[f32], y: &mut [f32]) {
+        for (y, x) in y.iter_mut().zip(x) {
+            *y += a * *x;
+        }
+    }
+}
+
 /// [`matvec`] with the rows split over the thread pool when the matrix is large enough to pay
 /// for the hand-off (a few microseconds).
 pub fn par_matvec(w: &[f32], x: &[f32], y: &mut [f32]) {

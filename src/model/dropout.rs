@@ -27,16 +27,25 @@ impl Dropout {
     /// Zeroes each element with probability `rate` and scales the rest by 1/(1-rate); each
     /// call draws a new mask.
     pub fn apply(&mut self, x: &Tensor) -> Result<Tensor> {
-        if self.rate <= 0.0 {
-            return Ok(x.clone());
+        match self.next_mask() {
+            None => Ok(x.clone()),
+            Some(mask) => Ok(x.contiguous()?.apply_op1(mask)?),
         }
-        let op = DropoutMask {
+    }
+
+    /// The mask the next call draws (none at rate 0), counted as a call: for an op that
+    /// applies it itself (the first LSTM layer, [`super::token_lstm`]).
+    pub fn next_mask(&mut self) -> Option<Mask> {
+        if self.rate <= 0.0 {
+            return None;
+        }
+        let mask = Mask {
             key: mask_key(self.seed, self.calls),
             rate: self.rate,
             keep_scale: 1.0 / (1.0 - self.rate),
         };
         self.calls += 1;
-        Ok(x.contiguous()?.apply_op1(op)?)
+        Some(mask)
     }
 }
 
@@ -68,15 +77,29 @@ fn factor(key: u64, i: u64, rate: f32, keep_scale: f32) -> f32 {
     }
 }
 
+/// One call's mask: element `i` is 0 with probability `rate`, else `keep_scale`. As an op,
 /// `x * mask`; its gradient is the same op on the gradient (the mask is its own adjoint).
-#[derive(Clone, Copy)]
-struct DropoutMask {
+#[derive(Clone, Copy, Debug)]
+pub struct Mask {
     key: u64,
     rate: f32,
     keep_scale: f32,
 }
 
-impl CustomOp1 for DropoutMask {
+impl Mask {
+    /// Whether element `i` is dropped.
+    #[inline]
+    pub fn drops(&self, i: u64) -> bool {
+        factor(self.key, i, self.rate, self.keep_scale) == 0.0
+    }
+
+    /// The factor of the elements kept, 1 / (1 - rate).
+    pub fn keep_scale(&self) -> f32 {
+        self.keep_scale
+    }
+}
+
+impl CustomOp1 for Mask {
     fn name(&self) -> &'static str {
         "dropout"
     }

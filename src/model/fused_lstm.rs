@@ -87,10 +87,51 @@ enum Saved {
     Cuda(super::lstm_cuda::Saved),
 }
 
+/// What an op's forward pass keeps for its backward pass (candle keeps the op alive in the
+/// graph between the two).
+pub(crate) struct Stash<T>(Mutex<Option<Arc<T>>>);
+
+impl<T> Default for Stash<T> {
+    fn default() -> Self {
+        Stash(Mutex::new(None))
+    }
+}
+
+impl<T> Stash<T> {
+    /// Keeps `state` (replacing what a previous forward pass kept).
+    pub(crate) fn put(&self, state: T) {
+        *self.0.lock().expect("op state poisoned") = Some(Arc::new(state));
+    }
+
+    /// What the forward pass of op `op` kept.
+    pub(crate) fn get(&self, op: &str) -> candle_core::Result<Arc<T>> {
+        let state = self.0.lock().expect("op state poisoned").clone();
+        state
+            .ok_or_else(|| candle_core::Error::Msg(format!("{op}: backward called before forward")))
+    }
+}
+
+/// A backward op's flat result cut into the gradients of an op's three arguments, in order,
+/// each of its argument's shape.
+pub(crate) fn split_grads(
+    all: &Tensor,
+    args: [&Tensor; 3],
+) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let mut start = 0;
+    let mut next = |arg: &Tensor| -> candle_core::Result<Option<Tensor>> {
+        let grad = all
+            .narrow(0, start, arg.elem_count())?
+            .reshape(arg.shape())?;
+        start += arg.elem_count();
+        Ok(Some(grad))
+    };
+    Ok((next(args[0])?, next(args[1])?, next(args[2])?))
+}
+
 /// The fused LSTM layer op; see [`lstm_sequence`]. Both passes run [`lstm_plan`]'s plan.
 #[derive(Default)]
 pub struct FusedLstm {
-    saved: Mutex<Option<Arc<Saved>>>,
+    saved: Stash<Saved>,
 }
 
 /// The f32 data of a contiguous CPU argument of the op.
@@ -151,7 +192,7 @@ impl CustomOp3 for FusedLstm {
             c: e.take(Buf::C),
             tanh_c: e.take(Buf::TanhC),
         };
-        *self.saved.lock().expect("fused-lstm state poisoned") = Some(Arc::new(saved));
+        self.saved.put(saved);
         Ok((
             CpuStorage::F32(e.take(Buf::H)),
             Shape::from((d.steps, d.batch, d.hidden)),
@@ -170,7 +211,7 @@ impl CustomOp3 for FusedLstm {
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         let d = dims(l1, l2, l3)?;
         let (h, saved) = super::lstm_cuda::forward([(s1, l1), (s2, l2), (s3, l3)], d)?;
-        *self.saved.lock().expect("fused-lstm state poisoned") = Some(Arc::new(Saved::Cuda(saved)));
+        self.saved.put(Saved::Cuda(saved));
         Ok((h, Shape::from((d.steps, d.batch, d.hidden))))
     }
 
@@ -182,29 +223,13 @@ impl CustomOp3 for FusedLstm {
         res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let saved = self
-            .saved
-            .lock()
-            .expect("fused-lstm state poisoned")
-            .clone();
-        let Some(saved) = saved else {
-            candle_core::bail!("fused-lstm: backward called before forward");
-        };
-        let (steps, batch, inputs) = x.dims3()?;
-        let (g4, hidden) = w_hh.dims2()?;
         let grad = FusedLstmGrad {
-            saved,
+            saved: self.saved.get(self.name())?,
             h: res.clone(),
             grad: grad_res.contiguous()?,
         };
         // [dx | dw_in | dw_hh], flat.
-        let all = x.apply_op3_no_bwd(w_in, w_hh, &grad)?;
-        let (nx, nw) = (steps * batch * inputs, g4 * inputs);
-        Ok((
-            Some(all.narrow(0, 0, nx)?.reshape((steps, batch, inputs))?),
-            Some(all.narrow(0, nx, nw)?.reshape((g4, inputs))?),
-            Some(all.narrow(0, nx + nw, g4 * hidden)?.reshape((g4, hidden))?),
-        ))
+        split_grads(&x.apply_op3_no_bwd(w_in, w_hh, &grad)?, [x, w_in, w_hh])
     }
 }
 
@@ -296,24 +321,8 @@ impl CustomOp3 for FusedLstmGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{probed_grads, rand_tensor};
     use candle_core::{Device, Var};
-
-    fn rand_tensor(shape: &[usize], seed: u64, scale: f32) -> Tensor {
-        let n: usize = shape.iter().product();
-        // A small deterministic generator keeps the test free of global RNG state.
-        let mut s = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let data: Vec<f32> = (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale
-            })
-            .collect();
-        Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
-    }
 
     /// Forward (to 1e-5) and all three gradients (to 1e-4) of `layer` against candle's
     /// autograd on the unfused formulation, with a loss that weights every output differently.
@@ -334,15 +343,10 @@ mod tests {
         println!("{label} forward max diff {fwd:e}");
         assert!(fwd < 1e-5, "forward differs by {fwd}");
 
-        let grads = |out: &Tensor| {
-            out.mul(&probe)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap()
-        };
-        let (gf, gr) = (grads(&fused), grads(&reference));
+        let (gf, gr) = (
+            probed_grads(&fused, &probe),
+            probed_grads(&reference, &probe),
+        );
         for (name, v) in [("x", &x), ("w_in", &w_in), ("w_hh", &w)] {
             let d = crate::model::max_abs_diff(gf.get(v).unwrap(), gr.get(v).unwrap());
             println!("{label} d{name} max diff {d:e}");

@@ -175,18 +175,25 @@ pub trait Engine {
 
 /// The forward pass: reads `X`, `WIn`, `WHh`; writes `Acts`, `C`, `TanhC`, `H`.
 pub fn forward(e: &mut impl Engine, d: Dims) -> candle_core::Result<()> {
-    let (b, h, g4) = (d.batch, d.hidden, 4 * d.hidden);
-    let bh = b * h;
     // The input projection of every step (biases included): [TB, I] x [I, 4H].
     let all_steps = RowGemm {
-        m: d.steps * b,
-        n: g4,
+        m: d.steps * d.batch,
+        n: 4 * d.hidden,
         k: d.inputs,
         a_t: false,
         b_t: true,
         accumulate: false,
     };
     e.gemm(all_steps, At(Buf::X, 0), At(Buf::WIn, 0), At(Buf::Acts, 0))?;
+    recurrence(e, d)
+}
+
+/// The forward pass after the input projection: `Acts` holds each step's input gates (input
+/// projection plus biases) on entry; writes `Acts` (activated), `C`, `TanhC` and `H`. Reads
+/// neither `X` nor `WIn`.
+pub fn recurrence(e: &mut impl Engine, d: Dims) -> candle_core::Result<()> {
+    let (b, h, g4) = (d.batch, d.hidden, 4 * d.hidden);
+    let bh = b * h;
     // gates_t += h_{t-1} W_hh^T: [B, H] x [H, 4H].
     let recurrent = RowGemm {
         m: b,
@@ -219,6 +226,13 @@ pub fn forward(e: &mut impl Engine, d: Dims) -> candle_core::Result<()> {
 /// The backward pass (BPTT) after [`forward`]: reads its buffers and `Dh`; writes `DGates`,
 /// `Dx`, `DWIn`, `DWHh` (and uses `Dh`, `Dc` as scratch).
 pub fn backward(e: &mut impl Engine, d: Dims) -> candle_core::Result<()> {
+    recurrence_backward(e, d)?;
+    input_gradients(e, d)
+}
+
+/// The backward pass through the recurrence after [`recurrence`]: writes `DGates` and `DWHh`
+/// (and uses `Dh`, `Dc` as scratch); reads neither `X` nor `WIn`.
+pub fn recurrence_backward(e: &mut impl Engine, d: Dims) -> candle_core::Result<()> {
     let (b, h, g4) = (d.batch, d.hidden, 4 * d.hidden);
     let bh = b * h;
     // dh_t += dgates_{t+1} W_hh: [B, 4H] x [4H, H].
@@ -262,10 +276,15 @@ pub fn backward(e: &mut impl Engine, d: Dims) -> candle_core::Result<()> {
         At(Buf::DGates, b * g4),
         At(Buf::H, 0),
         At(Buf::DWHh, 0),
-    )?;
+    )
+}
+
+/// The input's gradients from `DGates`: writes `Dx` and `DWIn`.
+pub fn input_gradients(e: &mut impl Engine, d: Dims) -> candle_core::Result<()> {
+    let g4 = 4 * d.hidden;
     // dx = dgates W_in: [TB, 4H] x [4H, I].
     let dx = RowGemm {
-        m: d.steps * b,
+        m: d.steps * d.batch,
         n: d.inputs,
         k: g4,
         a_t: false,
@@ -277,7 +296,7 @@ pub fn backward(e: &mut impl Engine, d: Dims) -> candle_core::Result<()> {
     let dw_in = RowGemm {
         m: g4,
         n: d.inputs,
-        k: d.steps * b,
+        k: d.steps * d.batch,
         a_t: true,
         b_t: false,
         accumulate: false,

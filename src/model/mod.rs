@@ -17,6 +17,7 @@ pub mod lstm_cuda;
 pub mod lstm_plan;
 pub mod sampling_step;
 pub mod score;
+pub mod token_lstm;
 pub mod vocab;
 
 use std::collections::HashMap;
@@ -172,22 +173,46 @@ impl CharLstm {
     pub fn forward(&self, ids: &Tensor, mut dropout: Option<&mut Dropout>) -> Result<Tensor> {
         let (steps, batch) = ids.dims2()?;
         let h = self.config.rnn_size;
-        let mut x = self.embedding.index_select(&ids.flatten_all()?, 0)?; // [TB, E]
-        if let Some(d) = dropout.as_deref_mut() {
-            x = d.apply(&x)?;
-        }
+        // The input of the layer about to run, [TB, in]; none yet for the first layer.
+        let mut below: Option<Tensor> = None;
         for layer in &self.layers {
             // Biases as an extra input column of ones: [TB, in + 1] and [4H, in + 1].
-            let ones = Tensor::ones((steps * batch, 1), x.dtype(), x.device())?;
-            let x_aug = Tensor::cat(&[&x, &ones], 1)?.reshape((steps, batch, ()))?;
             let bias = layer.b_ih.add(&layer.b_hh)?.unsqueeze(1)?;
             let w_in = Tensor::cat(&[&layer.w_ih, &bias], 1)?;
-            let hs = fused_lstm::lstm_sequence(&x_aug, &w_in, &layer.w_hh)?; // [T, B, H]
-            x = hs.reshape((steps * batch, h))?;
-            if let Some(d) = dropout.as_deref_mut() {
-                x = d.apply(&x)?;
-            }
+            let hs = match below {
+                // On the CPU the first layer reads its input gates per character.
+                None if token_lstm::runs_on(&self.embedding) => token_lstm::first_layer(
+                    ids.flatten_all()?.to_vec1::<u32>()?,
+                    steps,
+                    batch,
+                    &self.embedding,
+                    &w_in,
+                    &layer.w_hh,
+                    dropout.as_deref_mut().and_then(Dropout::next_mask),
+                )?,
+                _ => {
+                    let x = match below {
+                        Some(x) => x,
+                        None => {
+                            let x = self.embedding.index_select(&ids.flatten_all()?, 0)?;
+                            match dropout.as_deref_mut() {
+                                Some(d) => d.apply(&x)?,
+                                None => x,
+                            }
+                        }
+                    };
+                    let ones = Tensor::ones((steps * batch, 1), x.dtype(), x.device())?;
+                    let x_aug = Tensor::cat(&[&x, &ones], 1)?.reshape((steps, batch, ()))?;
+                    fused_lstm::lstm_sequence(&x_aug, &w_in, &layer.w_hh)? // [T, B, H]
+                }
+            };
+            let x = hs.reshape((steps * batch, h))?;
+            below = Some(match dropout.as_deref_mut() {
+                Some(d) => d.apply(&x)?,
+                None => x,
+            });
         }
+        let x = below.expect("a model has at least one layer");
         Ok(x.matmul(&self.out_w.t()?)?.broadcast_add(&self.out_b)?)
     }
 
@@ -234,6 +259,34 @@ pub(crate) fn cpu_slice<'a, T: candle_core::WithDType>(
         );
     };
     Ok(&s.as_slice::<T>()?[start..end])
+}
+
+/// A tensor of `shape` with values in [-scale, scale) from a small deterministic generator
+/// (free of global RNG state), for tests.
+#[cfg(test)]
+pub(crate) fn rand_tensor(shape: &[usize], seed: u64, scale: f32) -> Tensor {
+    let n: usize = shape.iter().product();
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let data: Vec<f32> = (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale
+        })
+        .collect();
+    Tensor::from_vec(data, shape, &Device::Cpu).expect("shape matches data")
+}
+
+/// The gradients of `sum(out * probe)`: a loss that weights every output differently (tests).
+#[cfg(test)]
+pub(crate) fn probed_grads(out: &Tensor, probe: &Tensor) -> candle_core::backprop::GradStore {
+    out.mul(probe)
+        .and_then(|l| l.sum_all())
+        .and_then(|l| l.backward())
+        .expect("a differentiable output")
 }
 
 /// Largest absolute elementwise difference of two tensors of one shape (for tests).
