@@ -47,6 +47,8 @@ def main():
         else:
             cands = [r[0] for r in db.execute(
                 "SELECT text FROM candidates WHERE bot_id = ? ORDER BY id DESC LIMIT 10", (bot_id,))][::-1]
+        if not cands:
+            sys.exit(f"{bot}: no candidates (run `aviary generate --bot {bot} -n 10 --seed 1` first)")
         real = [r[0] for r in db.execute(
             "SELECT text FROM tweets WHERE bot_id = ? AND kept = 1 ORDER BY id", (bot_id,))]
         real = [t for t in real if held_out(t)]
