@@ -78,13 +78,63 @@ pub(crate) fn unrolled(
 /// What the forward pass keeps for the backward pass: the activated gates [T, B, 4H], the cell
 /// states and their tanh [T, B, H].
 enum Saved {
-    Cpu {
-        acts: Vec<f32>,
-        c: Vec<f32>,
-        tanh_c: Vec<f32>,
-    },
+    Cpu(CpuSaved),
     #[cfg(feature = "cuda")]
     Cuda(super::lstm_cuda::Saved),
+}
+
+/// [`Saved`] on the CPU; also what [`super::token_lstm`]'s first layer keeps.
+pub(crate) struct CpuSaved {
+    acts: Vec<f32>,
+    c: Vec<f32>,
+    tanh_c: Vec<f32>,
+}
+
+impl CpuSaved {
+    /// Takes the saved buffers out of an engine that ran [`lstm_plan::recurrence`].
+    pub(crate) fn take(e: &mut CpuEngine) -> Self {
+        CpuSaved {
+            acts: e.take(Buf::Acts),
+            c: e.take(Buf::C),
+            tanh_c: e.take(Buf::TanhC),
+        }
+    }
+
+    /// Runs `f` on an engine set up for the backward pass through the recurrence: these
+    /// buffers, `w_hh`, the layer's output `h`, its gradient `grad` and the `inputs` lent,
+    /// `Dc`, `DGates` and `DWHh` given; `op` names the op in errors.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn backward<R>(
+        &self,
+        op: &str,
+        d: Dims,
+        w_hh: &[f32],
+        h: &Tensor,
+        grad: &Tensor,
+        inputs: &[(Buf, &[f32])],
+        f: impl FnOnce(&mut CpuEngine) -> candle_core::Result<R>,
+    ) -> candle_core::Result<R> {
+        let (h_st, h_l) = h.storage_and_layout();
+        let (g_st, g_l) = grad.storage_and_layout();
+        let (Storage::Cpu(h_st), Storage::Cpu(g_st)) = (&*h_st, &*g_st) else {
+            candle_core::bail!("{op}: h or its gradient is not on the CPU");
+        };
+        let g4 = 4 * d.hidden;
+        let mut e = CpuEngine::default();
+        e.lend(Buf::WHh, w_hh);
+        e.lend(Buf::H, super::cpu_slice(h_st, h_l, op, "h")?);
+        e.lend(Buf::Acts, &self.acts);
+        e.lend(Buf::C, &self.c);
+        e.lend(Buf::TanhC, &self.tanh_c);
+        e.give(Buf::Dh, super::cpu_slice(g_st, g_l, op, "grad")?.to_vec());
+        e.give(Buf::Dc, vec![0f32; d.batch * d.hidden]);
+        e.give(Buf::DGates, vec![0f32; d.steps * d.batch * g4]);
+        e.give(Buf::DWHh, vec![0f32; g4 * d.hidden]);
+        for &(buf, data) in inputs {
+            e.lend(buf, data);
+        }
+        f(&mut e)
+    }
 }
 
 /// What an op's forward pass keeps for its backward pass (candle keeps the op alive in the
@@ -187,12 +237,7 @@ impl CustomOp3 for FusedLstm {
             e.give(buf, vec![0f32; tbh]);
         }
         lstm_plan::forward(&mut e, d)?;
-        let saved = Saved::Cpu {
-            acts: e.take(Buf::Acts),
-            c: e.take(Buf::C),
-            tanh_c: e.take(Buf::TanhC),
-        };
-        self.saved.put(saved);
+        self.saved.put(Saved::Cpu(CpuSaved::take(&mut e)));
         Ok((
             CpuStorage::F32(e.take(Buf::H)),
             Shape::from((d.steps, d.batch, d.hidden)),
@@ -256,35 +301,27 @@ impl CustomOp3 for FusedLstmGrad {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let d = dims(l1, l2, l3)?;
-        let (acts, c, tanh_c) = match &*self.saved {
-            Saved::Cpu { acts, c, tanh_c } => (acts, c, tanh_c),
+        // Without the cuda feature the match has one arm.
+        #[allow(clippy::infallible_destructuring_match)]
+        let saved = match &*self.saved {
+            Saved::Cpu(saved) => saved,
             #[cfg(feature = "cuda")]
             Saved::Cuda(_) => candle_core::bail!("fused-lstm: the forward pass ran on the GPU"),
         };
-        let (h_st, h_l) = self.h.storage_and_layout();
-        let (g_st, g_l) = self.grad.storage_and_layout();
-        let (Storage::Cpu(h_st), Storage::Cpu(g_st)) = (&*h_st, &*g_st) else {
-            candle_core::bail!("fused-lstm: h or its gradient is not on the CPU");
-        };
-        let (bh, g4) = (d.batch * d.hidden, 4 * d.hidden);
-        let mut e = CpuEngine::default();
-        e.lend(Buf::X, contiguous_f32(s1, l1, "x")?);
-        e.lend(Buf::WIn, contiguous_f32(s2, l2, "w_in")?);
-        e.lend(Buf::WHh, contiguous_f32(s3, l3, "w_hh")?);
-        e.lend(Buf::H, contiguous_f32(h_st, h_l, "h")?);
-        e.lend(Buf::Acts, acts);
-        e.lend(Buf::C, c);
-        e.lend(Buf::TanhC, tanh_c);
-        e.give(Buf::Dh, contiguous_f32(g_st, g_l, "grad")?.to_vec());
-        e.give(Buf::Dc, vec![0f32; bh]);
-        e.give(Buf::DGates, vec![0f32; d.steps * d.batch * g4]);
-        e.give(Buf::Dx, vec![0f32; d.steps * d.batch * d.inputs]);
-        e.give(Buf::DWIn, vec![0f32; g4 * d.inputs]);
-        e.give(Buf::DWHh, vec![0f32; g4 * d.hidden]);
-        lstm_plan::backward(&mut e, d)?;
-        let mut all = e.take(Buf::Dx);
-        all.extend_from_slice(&e.take(Buf::DWIn));
-        all.extend_from_slice(&e.take(Buf::DWHh));
+        let w_hh = contiguous_f32(s3, l3, "w_hh")?;
+        let inputs = [
+            (Buf::X, contiguous_f32(s1, l1, "x")?),
+            (Buf::WIn, contiguous_f32(s2, l2, "w_in")?),
+        ];
+        let all = saved.backward(self.name(), d, w_hh, &self.h, &self.grad, &inputs, |e| {
+            e.give(Buf::Dx, vec![0f32; d.steps * d.batch * d.inputs]);
+            e.give(Buf::DWIn, vec![0f32; 4 * d.hidden * d.inputs]);
+            lstm_plan::backward(e, d)?;
+            let mut all = e.take(Buf::Dx);
+            all.extend_from_slice(&e.take(Buf::DWIn));
+            all.extend_from_slice(&e.take(Buf::DWHh));
+            Ok(all)
+        })?;
         let len = all.len();
         Ok((CpuStorage::F32(all), Shape::from(len)))
     }

@@ -173,15 +173,15 @@ impl CharLstm {
     pub fn forward(&self, ids: &Tensor, mut dropout: Option<&mut Dropout>) -> Result<Tensor> {
         let (steps, batch) = ids.dims2()?;
         let h = self.config.rnn_size;
-        // The input of the layer about to run, [TB, in]; none yet for the first layer.
+        // The output of the layer below, [TB, H]; none before the first layer.
         let mut below: Option<Tensor> = None;
-        for layer in &self.layers {
+        for (k, layer) in self.layers.iter().enumerate() {
             // Biases as an extra input column of ones: [TB, in + 1] and [4H, in + 1].
             let bias = layer.b_ih.add(&layer.b_hh)?.unsqueeze(1)?;
             let w_in = Tensor::cat(&[&layer.w_ih, &bias], 1)?;
-            let hs = match below {
+            let hs = if k == 0 && token_lstm::runs_on(&self.embedding) {
                 // On the CPU the first layer reads its input gates per character.
-                None if token_lstm::runs_on(&self.embedding) => token_lstm::first_layer(
+                token_lstm::first_layer(
                     ids.flatten_all()?.to_vec1::<u32>()?,
                     steps,
                     batch,
@@ -189,28 +189,20 @@ impl CharLstm {
                     &w_in,
                     &layer.w_hh,
                     dropout.as_deref_mut().and_then(Dropout::next_mask),
-                )?,
-                _ => {
-                    let x = match below {
-                        Some(x) => x,
-                        None => {
-                            let x = self.embedding.index_select(&ids.flatten_all()?, 0)?;
-                            match dropout.as_deref_mut() {
-                                Some(d) => d.apply(&x)?,
-                                None => x,
-                            }
-                        }
-                    };
-                    let ones = Tensor::ones((steps * batch, 1), x.dtype(), x.device())?;
-                    let x_aug = Tensor::cat(&[&x, &ones], 1)?.reshape((steps, batch, ()))?;
-                    fused_lstm::lstm_sequence(&x_aug, &w_in, &layer.w_hh)? // [T, B, H]
-                }
+                )?
+            } else {
+                let x = match below.take() {
+                    Some(x) => x,
+                    None => {
+                        let embedded = self.embedding.index_select(&ids.flatten_all()?, 0)?;
+                        dropped(&mut dropout, embedded)?
+                    }
+                };
+                let ones = Tensor::ones((steps * batch, 1), x.dtype(), x.device())?;
+                let x_aug = Tensor::cat(&[&x, &ones], 1)?.reshape((steps, batch, ()))?;
+                fused_lstm::lstm_sequence(&x_aug, &w_in, &layer.w_hh)? // [T, B, H]
             };
-            let x = hs.reshape((steps * batch, h))?;
-            below = Some(match dropout.as_deref_mut() {
-                Some(d) => d.apply(&x)?,
-                None => x,
-            });
+            below = Some(dropped(&mut dropout, hs.reshape((steps * batch, h))?)?);
         }
         let x = below.expect("a model has at least one layer");
         Ok(x.matmul(&self.out_w.t()?)?.broadcast_add(&self.out_b)?)
@@ -241,6 +233,14 @@ impl CharLstm {
         w.insert("out.weight".to_string(), self.out_w.clone());
         w.insert("out.bias".to_string(), self.out_b.clone());
         w
+    }
+}
+
+/// `x` through `dropout` when training, as it is otherwise.
+fn dropped(dropout: &mut Option<&mut Dropout>, x: Tensor) -> Result<Tensor> {
+    match dropout.as_deref_mut() {
+        Some(d) => d.apply(&x),
+        None => Ok(x),
     }
 }
 

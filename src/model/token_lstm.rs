@@ -12,12 +12,12 @@
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::cpu_kernels::{axpy, gemm, matvec, Mat};
 use super::dropout::Mask;
-use super::fused_lstm::{split_grads, Stash};
+use super::fused_lstm::{split_grads, CpuSaved, Stash};
 use super::lstm_plan::{self, Buf, CpuEngine, Dims};
 
 /// Whether [`first_layer`] runs for an embedding like `embedding` (on the CPU, in f32).
@@ -122,17 +122,10 @@ fn split_w_in(w_in: &[f32], e: usize) -> (Vec<f32>, Vec<f32>) {
     (w_t, bias)
 }
 
-/// The forward pass's state for the backward pass.
-struct Saved {
-    acts: Vec<f32>,
-    c: Vec<f32>,
-    tanh_c: Vec<f32>,
-}
-
 /// The op over (embedding, w_in, w_hh); see [`first_layer`].
 struct TokenLstm {
     input: Arc<Input>,
-    saved: Stash<Saved>,
+    saved: Stash<CpuSaved>,
 }
 
 fn f32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
@@ -187,12 +180,7 @@ impl CustomOp3 for TokenLstm {
             eng.give(buf, vec![0f32; tb * d.hidden]);
         }
         lstm_plan::recurrence(&mut eng, d)?;
-        let saved = Saved {
-            acts: eng.take(Buf::Acts),
-            c: eng.take(Buf::C),
-            tanh_c: eng.take(Buf::TanhC),
-        };
-        self.saved.put(saved);
+        self.saved.put(CpuSaved::take(&mut eng));
         Ok((
             CpuStorage::F32(eng.take(Buf::H)),
             Shape::from((d.steps, d.batch, d.hidden)),
@@ -222,7 +210,7 @@ impl CustomOp3 for TokenLstm {
 /// The op's backward pass as an op over (embedding, w_in, w_hh), holding the rest.
 struct TokenLstmGrad {
     input: Arc<Input>,
-    saved: Arc<Saved>,
+    saved: Arc<CpuSaved>,
     h: Tensor,
     grad: Tensor,
 }
@@ -244,24 +232,13 @@ impl CustomOp3 for TokenLstmGrad {
         let inp = &*self.input;
         let (d, vocab, e) = inp.dims(l1, l2, l3)?;
         let (emb, g4, tb) = (f32s(s1, l1, "embedding")?, 4 * d.hidden, d.steps * d.batch);
-        let (h_st, h_l) = self.h.storage_and_layout();
-        let (g_st, g_l) = self.grad.storage_and_layout();
-        let (Storage::Cpu(h_st), Storage::Cpu(g_st)) = (&*h_st, &*g_st) else {
-            candle_core::bail!("token-lstm: h or its gradient is not on the CPU");
-        };
-        let mut eng = CpuEngine::default();
-        eng.lend(Buf::WHh, f32s(s3, l3, "w_hh")?);
-        eng.lend(Buf::H, f32s(h_st, h_l, "h")?);
-        eng.lend(Buf::Acts, &self.saved.acts);
-        eng.lend(Buf::C, &self.saved.c);
-        eng.lend(Buf::TanhC, &self.saved.tanh_c);
-        eng.give(Buf::Dh, f32s(g_st, g_l, "grad")?.to_vec());
-        eng.give(Buf::Dc, vec![0f32; d.batch * d.hidden]);
-        eng.give(Buf::DGates, vec![0f32; tb * g4]);
-        eng.give(Buf::DWHh, vec![0f32; g4 * d.hidden]);
-        lstm_plan::recurrence_backward(&mut eng, d)?;
-        let dgates = eng.take(Buf::DGates);
-        let dw_hh = eng.take(Buf::DWHh);
+        let w_hh = f32s(s3, l3, "w_hh")?;
+        let (dgates, dw_hh) =
+            self.saved
+                .backward(self.name(), d, w_hh, &self.h, &self.grad, &[], |e| {
+                    lstm_plan::recurrence_backward(e, d)?;
+                    Ok((e.take(Buf::DGates), e.take(Buf::DWHh)))
+                })?;
 
         // The gates' gradients summed per character: sums[v] = sum of dgates[c] with ids[c] = v.
         let mut rows_of = vec![Vec::new(); vocab];
