@@ -10,7 +10,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 
-use crate::generate::{sample_token, SampleConfig};
+use crate::generate::{sample_token, SampleConfig, SampleScratch};
 use crate::model::{ModelConfig, StepWeights, Vocab, EOT};
 use crate::train::{describe_cpu, describe_device, Learner, TrainConfig};
 use crate::{Error, Result};
@@ -158,7 +158,7 @@ pub fn run(corpus: &Path, req: &BenchRequest, mut report: impl FnMut(&Value)) ->
     for &streams in &req.streams {
         let mut state = step_weights.state(streams);
         let mut tokens = vec![0u32; streams];
-        let mut scratch = Vec::with_capacity(v);
+        let mut scratch = SampleScratch::default();
         // On a worker of the pool, as `generate` runs (see there).
         let dt = rayon::scope(|_| {
             let start = Instant::now();

@@ -273,6 +273,27 @@ multiversion! {
 }
 
 multiversion! {
+    /// `weights[i] = e^((logits[i] - max) * scale)`, `max` the largest logit: a softmax's
+    /// numerators at temperature `1 / scale`, what the sampler draws from. The maximum is
+    /// exact whatever the order, and each weight is the scalar [`exp`] of the same argument,
+    /// so every path gives the same bits.
+    pub fn softmax_weights / softmax_weights_on(logits: &[f32], scale: f32, weights: &mut [f32]) {
+        let mut lanes = [f32::NEG_INFINITY; 16];
+        let chunks = logits.chunks_exact(16);
+        let tail = chunks.remainder();
+        for c in chunks {
+            for l in 0..16 {
+                lanes[l] = lanes[l].max(c[l]);
+            }
+        }
+        let max = tail.iter().chain(&lanes).fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        for (w, &l) in weights.iter_mut().zip(logits) {
+            *w = exp((l - max) * scale);
+        }
+    }
+}
+
+multiversion! {
     /// `y += a x`.
     pub fn axpy / axpy_on(a: f32, x: &[f32], y: &mut [f32]) {
         for (y, x) in y.iter_mut().zip(x) {
@@ -832,6 +853,29 @@ mod tests {
                     "{isa:?} row {r}: {} vs {want}",
                     y[r]
                 );
+            }
+        }
+    }
+
+    /// Every path's softmax weights are the same bits as the plain loop's: the sampler's draws
+    /// for a seed must not depend on the CPU.
+    #[test]
+    fn softmax_weights_match_the_plain_loop_on_every_path() {
+        let paths = paths_here("softmax_weights_match_the_plain_loop_on_every_path");
+        for v in [1, 2, 15, 16, 17, 145, 527] {
+            let logits: Vec<f32> = (0..v).map(|i| (i as f32 * 0.77).sin() * 9.0).collect();
+            for scale in [0.5f32, 1.0, 2.0] {
+                let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                let want: Vec<u32> = logits
+                    .iter()
+                    .map(|&l| exp((l - max) * scale).to_bits())
+                    .collect();
+                for &isa in &paths {
+                    let mut got = vec![f32::NAN; v];
+                    softmax_weights_on(isa, &logits, scale, &mut got);
+                    let got: Vec<u32> = got.iter().map(|w| w.to_bits()).collect();
+                    assert_eq!(got, want, "{isa:?}, {v} logits, scale {scale}");
+                }
             }
         }
     }
