@@ -212,12 +212,13 @@ pub fn generate(
         let mut len = vec![prime_chars; n];
         let mut done = vec![false; n];
         let mut scratch = SampleScratch::default();
+        // The sample each row of the state carries: a finished one leaves the batch, so the
+        // products run over the candidates still being written (a pool runs until its longest
+        // candidate ends, most rows long before).
+        let mut live: Vec<usize> = (0..n).collect();
         loop {
-            for s in 0..n {
-                if done[s] {
-                    continue;
-                }
-                let logits = &state.logits[s * v..(s + 1) * v];
+            for (row, &s) in live.iter().enumerate() {
+                let logits = &state.logits[row * v..(row + 1) * v];
                 let id = sample_token(logits, cfg, &mut rng, &mut scratch);
                 let sample = &mut out[s];
                 sample.score.nats -= log_softmax_at(logits, id as usize);
@@ -233,9 +234,16 @@ pub fn generate(
                         done[s] = true;
                     }
                 }
-                tokens[s] = id;
+                tokens[row] = id;
             }
-            if done.iter().all(|&d| d) {
+            let keep: Vec<bool> = live.iter().map(|&s| !done[s]).collect();
+            if keep.contains(&false) {
+                state.retain(&keep);
+                let mut kept = keep.iter();
+                tokens.retain(|_| *kept.next().expect("one flag per token"));
+                live.retain(|&s| !done[s]);
+            }
+            if live.is_empty() {
                 break;
             }
             weights.step(&mut state, &tokens);

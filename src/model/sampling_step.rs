@@ -43,6 +43,10 @@ pub struct StepWeights {
 /// The carried state of `streams` parallel sequences, plus scratch space.
 pub struct StepState {
     streams: usize,
+    /// Made for one stream: [`StepWeights::step`] runs mat-vecs. A batch that
+    /// [`StepState::retain`] narrows to one stream keeps the batched products, so its rows
+    /// come out bit for bit as they would have in the whole batch.
+    one_stream: bool,
     /// Per layer: hidden state [S, H].
     h: Vec<Vec<f32>>,
     /// Per layer: cell state [S, H].
@@ -58,6 +62,35 @@ fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.flatten_all()?
         .to_device(&candle_core::Device::Cpu)?
         .to_vec1::<f32>()?)
+}
+
+impl StepState {
+    /// The streams stepped now.
+    pub fn streams(&self) -> usize {
+        self.streams
+    }
+
+    /// Keeps the streams whose `keep` is true, in order, and drops the others' state: a
+    /// finished candidate no longer costs a row of every product. The kept streams' logits
+    /// (and everything after) are the same bits as if nothing had been dropped.
+    pub fn retain(&mut self, keep: &[bool]) {
+        assert_eq!(keep.len(), self.streams, "one flag per stream");
+        let kept = keep.iter().filter(|&&k| k).count();
+        let width = self.c_prev.len() / self.streams.max(1);
+        let vocab = self.logits.len() / self.streams.max(1);
+        for state in self.h.iter_mut().chain(self.c.iter_mut()) {
+            let kept_rows = keep.iter().enumerate().filter(|(_, &k)| k);
+            for (to, (from, _)) in kept_rows.enumerate() {
+                state.copy_within(from * width..(from + 1) * width, to * width);
+            }
+            state.truncate(kept * width);
+        }
+        self.gates.truncate(kept * 4 * width);
+        self.c_prev.truncate(kept * width);
+        self.tanh_c.truncate(kept * width);
+        self.logits.truncate(kept * vocab);
+        self.streams = kept;
+    }
 }
 
 impl StepWeights {
@@ -109,6 +142,7 @@ impl StepWeights {
         let bh = streams * self.hidden;
         StepState {
             streams,
+            one_stream: streams == 1,
             h: vec![vec![0.0; bh]; self.layers.len()],
             c: vec![vec![0.0; bh]; self.layers.len()],
             gates: vec![0.0; 4 * bh],
@@ -135,7 +169,7 @@ impl StepWeights {
                 for row in state.gates.chunks_exact_mut(g4) {
                     row.copy_from_slice(&layer.bias);
                 }
-                if s == 1 {
+                if state.one_stream {
                     par_matvec(&layer.w_ih, below, &mut state.gates);
                 } else {
                     let w_ih_t = layer.w_ih_t.as_ref().expect("packed for layers above 0");
@@ -144,7 +178,7 @@ impl StepWeights {
             }
             // gates += W_hh h
             let hk = &mut state.h[k];
-            if s == 1 {
+            if state.one_stream {
                 par_matvec(&layer.w_hh, hk, &mut state.gates);
             } else {
                 layer.w_hh_t.gemm(&mut state.gates, hk, true);
@@ -168,7 +202,7 @@ impl StepWeights {
         for row in state.logits.chunks_exact_mut(self.vocab_size) {
             row.copy_from_slice(&self.out_b);
         }
-        if s == 1 {
+        if state.one_stream {
             par_matvec(&self.out_w, top, &mut state.logits);
         } else {
             self.out_w_t.gemm(&mut state.logits, top, true);
@@ -228,5 +262,56 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Dropping finished streams leaves the others' logits bit for bit, down to one stream
+    /// (which keeps the batched products), so a pool's candidates do not change.
+    #[test]
+    fn dropping_streams_leaves_the_others_bit_for_bit() {
+        let cfg = ModelConfig {
+            embedding_size: 8,
+            rnn_size: 40,
+            num_layers: 2,
+            drop_rate: 0.0,
+        };
+        let v = 11;
+        let w = cfg.init_weights(v, 5, &Device::Cpu).unwrap();
+        let model = CharLstm::from_weights(&w, &cfg, v, &Device::Cpu).unwrap();
+        let sw = StepWeights::from_model(&model).unwrap();
+        let streams = 20; // above the parallel cell loop's threshold
+        let token = |s: usize, t: usize| ((s * 7 + t * 3) % v) as u32;
+        let mut whole = sw.state(streams);
+        let mut narrowed = sw.state(streams);
+        // The streams still running after each drop: every other one, then three, then one.
+        let mut live: Vec<usize> = (0..streams).collect();
+        for (t, keep_if) in [
+            None,
+            Some((|s: usize| s.is_multiple_of(2)) as fn(usize) -> bool),
+            None,
+            Some(|s: usize| s == 4 || s == 10 || s == 18),
+            Some(|s: usize| s == 10),
+            None,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if let Some(keep_if) = keep_if {
+                let keep: Vec<bool> = live.iter().map(|&s| keep_if(s)).collect();
+                narrowed.retain(&keep);
+                live.retain(|&s| keep_if(s));
+                assert_eq!(narrowed.streams(), live.len());
+            }
+            let all: Vec<u32> = (0..streams).map(|s| token(s, t)).collect();
+            let some: Vec<u32> = live.iter().map(|&s| token(s, t)).collect();
+            sw.step(&mut whole, &all);
+            sw.step(&mut narrowed, &some);
+            for (row, &s) in live.iter().enumerate() {
+                let got = &narrowed.logits[row * v..(row + 1) * v];
+                let want = &whole.logits[s * v..(s + 1) * v];
+                let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(got), bits(want), "step {t}, stream {s} (row {row})");
+            }
+        }
+        assert_eq!(live, [10]);
     }
 }
