@@ -216,19 +216,24 @@ mod tests {
     use crate::model::ModelConfig;
     use candle_core::Device;
 
+    /// A two-layer model of `rnn_size` units over `v` ids, without dropout.
+    fn two_layers(rnn_size: usize, v: usize, seed: u64) -> CharLstm {
+        let cfg = ModelConfig {
+            embedding_size: 8,
+            rnn_size,
+            num_layers: 2,
+            drop_rate: 0.0,
+        };
+        let w = cfg.init_weights(v, seed, &Device::Cpu).unwrap();
+        CharLstm::from_weights(&w, &cfg, v, &Device::Cpu).unwrap()
+    }
+
     /// Stepping token by token gives the same logits as the training forward pass over the
     /// whole sequence, for one stream and for several.
     #[test]
     fn stepping_matches_sequence_forward() {
-        let cfg = ModelConfig {
-            embedding_size: 8,
-            rnn_size: 24,
-            num_layers: 2,
-            drop_rate: 0.0,
-        };
         let v = 13;
-        let w = cfg.init_weights(v, 3, &Device::Cpu).unwrap();
-        let model = CharLstm::from_weights(&w, &cfg, v, &Device::Cpu).unwrap();
+        let model = two_layers(24, v, 3);
         let seqs: Vec<Vec<u32>> = (0..3)
             .map(|s| (0..6).map(|t| ((t * 5 + s * 3) % v) as u32).collect())
             .collect();
@@ -268,16 +273,8 @@ mod tests {
     /// (which keeps the batched products), so a pool's candidates do not change.
     #[test]
     fn dropping_streams_leaves_the_others_bit_for_bit() {
-        let cfg = ModelConfig {
-            embedding_size: 8,
-            rnn_size: 40,
-            num_layers: 2,
-            drop_rate: 0.0,
-        };
         let v = 11;
-        let w = cfg.init_weights(v, 5, &Device::Cpu).unwrap();
-        let model = CharLstm::from_weights(&w, &cfg, v, &Device::Cpu).unwrap();
-        let sw = StepWeights::from_model(&model).unwrap();
+        let sw = StepWeights::from_model(&two_layers(40, v, 5)).unwrap();
         let streams = 20; // above the parallel cell loop's threshold
         let token = |s: usize, t: usize| ((s * 7 + t * 3) % v) as u32;
         let mut whole = sw.state(streams);
