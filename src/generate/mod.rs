@@ -104,7 +104,6 @@ pub fn sample_token(
             .unwrap_or(EOT);
     }
     let weights = &mut scratch.weights;
-    weights.clear();
     weights.resize(drawable.len(), 0.0);
     // One vectorised pass (a tenth of a 64-stream step at vocabulary 527 when scalar).
     crate::model::cpu_kernels::softmax_weights(drawable, (1.0 / cfg.temperature) as f32, weights);
