@@ -8,10 +8,11 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use serde_json::{json, Value};
 
 use crate::generate::{sample_token, SampleConfig, SampleScratch};
-use crate::model::{ModelConfig, StepWeights, Vocab, EOT};
+use crate::model::{thread_groups, ModelConfig, StepState, StepWeights, Vocab, EOT};
 use crate::train::{describe_cpu, describe_device, Learner, TrainConfig};
 use crate::{Error, Result};
 
@@ -153,28 +154,40 @@ pub fn run(corpus: &Path, req: &BenchRequest, mut report: impl FnMut(&Value)) ->
 
     let step_weights = StepWeights::from_model(&learner.model)?;
     let sample = SampleConfig::default();
-    let mut rng = ChaCha8Rng::seed_from_u64(0);
     let v = vocab.len();
-    for &streams in &req.streams {
-        let mut state = step_weights.state(streams);
-        let mut tokens = vec![0u32; streams];
+    // `gen_chars` characters for each of a group's streams, stepped in `state`.
+    let sample_group = |mut state: StepState, rng: &mut ChaCha8Rng| {
+        let mut tokens = vec![0u32; state.streams()];
         let mut scratch = SampleScratch::default();
-        // On a worker of the pool, as `generate` runs (see there).
-        let dt = rayon::scope(|_| {
-            let start = Instant::now();
-            for _ in 0..req.gen_chars {
-                step_weights.step(&mut state, &tokens);
-                for (s, tok) in tokens.iter_mut().enumerate() {
-                    *tok = sample_token(
-                        &state.logits[s * v..(s + 1) * v],
-                        &sample,
-                        &mut rng,
-                        &mut scratch,
-                    );
-                }
+        for _ in 0..req.gen_chars {
+            step_weights.step(&mut state, &tokens);
+            for (s, tok) in tokens.iter_mut().enumerate() {
+                *tok = sample_token(
+                    &state.logits[s * v..(s + 1) * v],
+                    &sample,
+                    rng,
+                    &mut scratch,
+                );
             }
-            start.elapsed().as_secs_f64()
-        });
+        }
+    };
+    for &streams in &req.streams {
+        // As `generate` runs a pool: one stream on a worker of the thread pool, each product
+        // split over the threads; several streams in one group per thread.
+        let start = Instant::now();
+        if streams == 1 {
+            let mut rng = ChaCha8Rng::seed_from_u64(0);
+            rayon::scope(|_| sample_group(step_weights.state(1), &mut rng));
+        } else {
+            thread_groups(streams)
+                .into_par_iter()
+                .enumerate()
+                .for_each(|(g, group)| {
+                    let mut rng = ChaCha8Rng::seed_from_u64(g as u64);
+                    sample_group(step_weights.thread_state(group.len()), &mut rng)
+                });
+        }
+        let dt = start.elapsed().as_secs_f64();
         // Sampling runs on the CPU in every build (see `StepWeights`).
         report(&json!({
             "what": "generate", "framework": framework, "device": named(&Device::Cpu), "threads": threads,

@@ -1,6 +1,7 @@
 //! Sampling candidate tweets: temperature, top-k, top-p, priming text; a tweet ends at the
-//! end-of-tweet symbol or at 280 characters; N candidates are sampled together as one batch,
-//! and a seed makes the whole thing reproducible. Uses the model's step-by-step forward.
+//! end-of-tweet symbol or at 280 characters; N candidates are sampled together, one batch per
+//! thread, and a seed makes the whole thing reproducible whatever the number of threads. Uses
+//! the model's step-by-step forward.
 
 pub mod novelty;
 pub mod rank;
@@ -13,10 +14,11 @@ pub use report::QualityReport;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::model::score::log_softmax_at;
-use crate::model::{StepState, StepWeights, TweetScore, Vocab, EOT, UNK};
+use crate::model::{thread_groups, StepState, StepWeights, TweetScore, Vocab, EOT, UNK};
 use crate::tweet_len::char_weight;
 use crate::{Error, Result};
 
@@ -161,7 +163,7 @@ pub struct Sample {
     pub score: TweetScore,
 }
 
-/// Samples `n` candidate tweets that start with `prime`, all as one batch.
+/// Samples `n` candidate tweets that start with `prime`, one batch per thread.
 pub fn generate(
     weights: &StepWeights,
     vocab: &Vocab,
@@ -187,28 +189,78 @@ pub fn generate(
             "{unknown} characters of the priming text are not in the model's vocabulary"
         );
     }
-    // The loop runs on a worker of the thread pool, so the per-step parallel mat-vecs hand
-    // work to the other workers without a third thread competing for the cores (about a third
-    // faster at one stream than looping on the calling thread).
-    Ok(rayon::scope(|_| {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let mut state: StepState = weights.state(n);
+    let pool = Pool {
+        weights,
+        vocab,
+        cfg,
+        prime,
+        prime_chars,
+        seed,
+    };
+    let mut out: Vec<Option<Sample>> = vec![None; n];
+    let groups = if n == 1 {
+        // One candidate: each product's rows split over the threads, on a worker of the pool
+        // so that the hand-offs need no third thread (about a third faster than the calling
+        // thread).
+        vec![rayon::scope(|_| pool.sample(weights.state(1), &[0]))]
+    } else {
+        // Each thread samples its own group of candidates, with no hand-off between threads
+        // at every step (1.3-2.4x faster than one batch split at each product).
+        thread_groups(n)
+            .into_par_iter()
+            .map(|group| pool.sample(weights.thread_state(group.len()), &group))
+            .collect()
+    };
+    for (s, sample) in groups.into_iter().flatten() {
+        out[s] = Some(sample);
+    }
+    Ok(out
+        .into_iter()
+        .map(|sample| sample.expect("every stream is in a group"))
+        .collect())
+}
+
+/// What every group of a pool samples with.
+struct Pool<'a> {
+    weights: &'a StepWeights,
+    vocab: &'a Vocab,
+    cfg: &'a SampleConfig,
+    prime: &'a str,
+    prime_chars: usize,
+    seed: u64,
+}
+
+impl Pool<'_> {
+    /// Samples the candidates `streams` (their numbers in the pool) as one batch in `state`,
+    /// each with its own random stream of the seed, so a candidate is the same whatever group
+    /// (or number of threads) it was sampled in.
+    fn sample(&self, mut state: StepState, streams: &[usize]) -> Vec<(usize, Sample)> {
+        let (weights, vocab, cfg) = (self.weights, self.vocab, self.cfg);
+        let n = streams.len();
+        let mut rngs: Vec<ChaCha8Rng> = streams
+            .iter()
+            .map(|&s| {
+                let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+                rng.set_stream(s as u64);
+                rng
+            })
+            .collect();
         let mut tokens = vec![EOT; n];
         // A tweet starts after an end-of-tweet: that is the context the model learned.
         weights.step(&mut state, &tokens);
-        for id in vocab.encode(prime) {
+        for id in vocab.encode(self.prime) {
             tokens.fill(id);
             weights.step(&mut state, &tokens);
         }
         let v = weights.vocab_size();
         let mut out: Vec<Sample> = (0..n)
             .map(|_| Sample {
-                text: prime.to_string(),
+                text: self.prime.to_string(),
                 ended: false,
                 score: TweetScore::default(),
             })
             .collect();
-        let mut len = vec![prime_chars; n];
+        let mut len = vec![self.prime_chars; n];
         let mut done = vec![false; n];
         let mut scratch = SampleScratch::default();
         // The sample each row of the state carries: a finished one leaves the batch, so the
@@ -218,7 +270,7 @@ pub fn generate(
         loop {
             for (row, &s) in live.iter().enumerate() {
                 let logits = &state.logits[row * v..(row + 1) * v];
-                let id = sample_token(logits, cfg, &mut rng, &mut scratch);
+                let id = sample_token(logits, cfg, &mut rngs[s], &mut scratch);
                 let sample = &mut out[s];
                 sample.score.nats -= log_softmax_at(logits, id as usize);
                 sample.score.tokens += 1;
@@ -250,8 +302,8 @@ pub fn generate(
         for sample in &mut out {
             sample.text.truncate(sample.text.trim_end().len());
         }
-        out
-    }))
+        streams.iter().copied().zip(out).collect()
+    }
 }
 
 #[cfg(test)]

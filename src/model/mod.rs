@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 pub use checkpoint::{Card, Checkpoint};
 pub use dropout::Dropout;
-pub use sampling_step::{StepState, StepWeights};
+pub use sampling_step::{thread_groups, StepState, StepWeights};
 pub use score::{score_tweets, TweetScore};
 pub use vocab::{Vocab, EOT, UNK};
 

@@ -4,10 +4,14 @@
 //! The first layer's input projection is a table lookup (embedding @ W_ih^T + biases, one row
 //! per character), one stream runs a tight mat-vec, several streams a matmul. No autograd, no
 //! tensor allocation per step.
+//!
+//! Streams never mix, so the threads may each step a group of a pool's streams
+//! ([`thread_groups`], [`StepWeights::thread_state`]) with no hand-off between them at every
+//! product; a stream's logits come out the same bits in any group.
 
 use candle_core::Tensor;
 
-use super::cpu_kernels::{cell_forward, par_cell_forward, par_matvec, Mat, PackedB};
+use super::cpu_kernels::{cell_forward, isa, par_cell_forward, par_matvec, Mat, PackedB};
 use super::CharLstm;
 use crate::Result;
 
@@ -43,10 +47,9 @@ pub struct StepWeights {
 /// The carried state of `streams` parallel sequences, plus scratch space.
 pub struct StepState {
     streams: usize,
-    /// Made for one stream: [`StepWeights::step`] runs mat-vecs. A batch that
-    /// [`StepState::retain`] narrows to one stream keeps the batched products, so its rows
-    /// come out bit for bit as they would have in the whole batch.
-    one_stream: bool,
+    /// How each step's products run. A batch that [`StepState::retain`] narrows to one stream
+    /// keeps its batched products, so its rows come out bit for bit as in the whole batch.
+    products: Products,
     /// Per layer: hidden state [S, H].
     h: Vec<Vec<f32>>,
     /// Per layer: cell state [S, H].
@@ -62,6 +65,37 @@ fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.flatten_all()?
         .to_device(&candle_core::Device::Cpu)?
         .to_vec1::<f32>()?)
+}
+
+/// How [`StepWeights::step`] runs a product `dst += x @ W^T`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Products {
+    /// One stream: a mat-vec over `W`, its rows split over the thread pool.
+    MatVec,
+    /// The packed product, its rows split over the thread pool.
+    Pool,
+    /// The packed product on the calling thread: one group of [`thread_groups`].
+    ThisThread,
+}
+
+impl Products {
+    fn add(self, w: &[f32], packed: &PackedB, x: &[f32], dst: &mut [f32]) {
+        match self {
+            Products::MatVec => par_matvec(w, x, dst),
+            Products::Pool => packed.gemm(dst, x, true),
+            Products::ThisThread => packed.gemm_rows_on(isa(), dst, x, true),
+        }
+    }
+}
+
+/// Splits `n` streams into one group per thread of the pool (at most `n`), for
+/// [`StepWeights::thread_state`]: stream `s` to group `s % groups`, so that each group gets
+/// its share of the long and the short candidates of a pool.
+pub fn thread_groups(n: usize) -> Vec<Vec<usize>> {
+    let groups = rayon::current_num_threads().min(n);
+    (0..groups)
+        .map(|g| (g..n).step_by(groups).collect())
+        .collect()
 }
 
 impl StepState {
@@ -137,12 +171,29 @@ impl StepWeights {
         self.vocab_size
     }
 
-    /// Zero state for `streams` sequences.
+    /// Zero state for `streams` sequences, each step's products split over the thread pool.
     pub fn state(&self, streams: usize) -> StepState {
+        let products = if streams == 1 {
+            Products::MatVec
+        } else {
+            Products::Pool
+        };
+        self.zero_state(streams, products)
+    }
+
+    /// Zero state for `streams` sequences stepped on the calling thread alone, with the
+    /// batched products even for one stream: one of the [`thread_groups`] of a pool that the
+    /// threads step side by side. A stream's logits are the same bits in any group as in a
+    /// batch of [`StepWeights::state`].
+    pub fn thread_state(&self, streams: usize) -> StepState {
+        self.zero_state(streams, Products::ThisThread)
+    }
+
+    fn zero_state(&self, streams: usize, products: Products) -> StepState {
         let bh = streams * self.hidden;
         StepState {
             streams,
-            one_stream: streams == 1,
+            products,
             h: vec![vec![0.0; bh]; self.layers.len()],
             c: vec![vec![0.0; bh]; self.layers.len()],
             gates: vec![0.0; 4 * bh],
@@ -169,22 +220,14 @@ impl StepWeights {
                 for row in state.gates.chunks_exact_mut(g4) {
                     row.copy_from_slice(&layer.bias);
                 }
-                if state.one_stream {
-                    par_matvec(&layer.w_ih, below, &mut state.gates);
-                } else {
-                    let w_ih_t = layer.w_ih_t.as_ref().expect("packed for layers above 0");
-                    w_ih_t.gemm(&mut state.gates, below, true);
-                }
+                let w_ih_t = layer.w_ih_t.as_ref().expect("packed for layers above 0");
+                (state.products).add(&layer.w_ih, w_ih_t, below, &mut state.gates);
             }
             // gates += W_hh h
             let hk = &mut state.h[k];
-            if state.one_stream {
-                par_matvec(&layer.w_hh, hk, &mut state.gates);
-            } else {
-                layer.w_hh_t.gemm(&mut state.gates, hk, true);
-            }
+            (state.products).add(&layer.w_hh, &layer.w_hh_t, hk, &mut state.gates);
             state.c_prev.copy_from_slice(&state.c[k]);
-            let cell = if s >= 16 {
+            let cell = if s >= 16 && state.products == Products::Pool {
                 par_cell_forward
             } else {
                 cell_forward
@@ -202,11 +245,7 @@ impl StepWeights {
         for row in state.logits.chunks_exact_mut(self.vocab_size) {
             row.copy_from_slice(&self.out_b);
         }
-        if state.one_stream {
-            par_matvec(&self.out_w, top, &mut state.logits);
-        } else {
-            self.out_w_t.gemm(&mut state.logits, top, true);
-        }
+        (state.products).add(&self.out_w, &self.out_w_t, top, &mut state.logits);
     }
 }
 
@@ -310,5 +349,69 @@ mod tests {
             }
         }
         assert_eq!(live, [10]);
+    }
+
+    /// A stream's logits are the same bits whichever of a pool's groups steps it on its own
+    /// thread (a group of one included) as in the pool's whole batch, so a pool's candidates
+    /// do not depend on the number of threads.
+    #[test]
+    fn a_stream_steps_the_same_in_any_thread_group() {
+        let v = 11;
+        let sw = StepWeights::from_model(&two_layers(40, v, 7)).unwrap();
+        let streams = 20;
+        let token = |s: usize, t: usize| ((s * 5 + t * 3 + 1) % v) as u32;
+        let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        let splits: [&[usize]; 3] = [&[1, 19], &[7, 13], &[6, 6, 6, 2]];
+        for sizes in splits {
+            let mut whole_logits = Vec::new();
+            // Groups of consecutive streams of the given sizes.
+            let mut groups = Vec::new();
+            let mut first = 0;
+            for &size in sizes {
+                groups.push((first..first + size).collect::<Vec<usize>>());
+                first += size;
+            }
+            let mut states: Vec<StepState> =
+                groups.iter().map(|g| sw.thread_state(g.len())).collect();
+            let mut whole = sw.state(streams);
+            for t in 0..5 {
+                let all: Vec<u32> = (0..streams).map(|s| token(s, t)).collect();
+                sw.step(&mut whole, &all);
+                whole_logits.push(whole.logits.clone());
+                for (group, state) in groups.iter().zip(&mut states) {
+                    let some: Vec<u32> = group.iter().map(|&s| token(s, t)).collect();
+                    sw.step(state, &some);
+                    for (row, &s) in group.iter().enumerate() {
+                        assert_eq!(
+                            bits(&state.logits[row * v..(row + 1) * v]),
+                            bits(&whole.logits[s * v..(s + 1) * v]),
+                            "groups {sizes:?}, step {t}, stream {s}"
+                        );
+                    }
+                }
+            }
+            // The logits move from step to step, so agreeing means something.
+            assert_ne!(bits(&whole_logits[0]), bits(&whole_logits[4]));
+        }
+    }
+
+    #[test]
+    fn thread_groups_share_out_every_stream_once() {
+        let threads = rayon::current_num_threads();
+        for n in [0, 1, 2, 7, 64, 100] {
+            let groups = thread_groups(n);
+            assert_eq!(groups.len(), threads.min(n), "{n} streams");
+            let mut all: Vec<usize> = groups.concat();
+            all.sort_unstable();
+            assert_eq!(all, (0..n).collect::<Vec<_>>(), "{n} streams");
+            let (min, max) = groups
+                .iter()
+                .map(|g| g.len())
+                .fold((usize::MAX, 0), |(a, b), l| (a.min(l), b.max(l)));
+            assert!(
+                groups.is_empty() || max - min <= 1,
+                "{n} streams: {groups:?}"
+            );
+        }
     }
 }

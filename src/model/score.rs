@@ -2,6 +2,8 @@
 //! state, then end-of-tweet) exactly as generation starts a candidate, through its own end:
 //! the per-tweet loss of `aviary eval` and the likelihood that ranks candidates.
 
+use rayon::prelude::*;
+
 use super::{StepWeights, Vocab, EOT};
 
 /// A tweet's score: the negative log-likelihood of its characters and of the end-of-tweet
@@ -21,39 +23,42 @@ impl TweetScore {
     }
 }
 
-/// Streams stepped together: the sampler's batched path, which is fastest from about 32.
+/// Streams stepped together at most: the batched products are at their fastest from about 32.
 const STREAMS: usize = 64;
 
 /// Scores each of `tweets`. Tweets of similar length are stepped together, so a long tweet
-/// does not keep a batch of short ones waiting.
+/// does not keep a batch of short ones waiting; the threads each step their own batches.
 pub fn score_tweets(weights: &StepWeights, vocab: &Vocab, tweets: &[&str]) -> Vec<TweetScore> {
     let ids: Vec<Vec<u32>> = tweets.iter().map(|t| vocab.encode(t)).collect();
     let mut order: Vec<usize> = (0..ids.len()).collect();
     order.sort_by_key(|&i| ids[i].len());
+    // At least one batch per thread (a tweet's score is the same bits in any batch).
+    let per_batch = STREAMS.min(ids.len().div_ceil(rayon::current_num_threads()).max(1));
+    let batches: Vec<Vec<TweetScore>> = order
+        .par_chunks(per_batch)
+        .map(|chunk| {
+            let batch: Vec<&[u32]> = chunk.iter().map(|&i| ids[i].as_slice()).collect();
+            score_batch(weights, &batch)
+        })
+        .collect();
     let mut scores = vec![TweetScore::default(); ids.len()];
-    // On a worker of the pool, as sampling runs (see `generate::generate`).
-    rayon::scope(|_| {
-        for chunk in order.chunks(STREAMS) {
-            let group: Vec<&[u32]> = chunk.iter().map(|&i| ids[i].as_slice()).collect();
-            for (&i, score) in chunk.iter().zip(score_group(weights, &group)) {
-                scores[i] = score;
-            }
-        }
-    });
+    for (&i, score) in order.iter().zip(batches.into_iter().flatten()) {
+        scores[i] = score;
+    }
     scores
 }
 
-/// Scores one group of token sequences stepped side by side.
-fn score_group(weights: &StepWeights, group: &[&[u32]]) -> Vec<TweetScore> {
+/// Scores one batch of token sequences stepped side by side on the calling thread.
+fn score_batch(weights: &StepWeights, batch: &[&[u32]]) -> Vec<TweetScore> {
     let v = weights.vocab_size();
-    let longest = group.iter().map(|g| g.len()).max().unwrap_or(0);
-    let mut state = weights.state(group.len());
-    let mut tokens = vec![EOT; group.len()];
-    let mut scores = vec![TweetScore::default(); group.len()];
+    let longest = batch.iter().map(|g| g.len()).max().unwrap_or(0);
+    let mut state = weights.thread_state(batch.len());
+    let mut tokens = vec![EOT; batch.len()];
+    let mut scores = vec![TweetScore::default(); batch.len()];
     weights.step(&mut state, &tokens);
     // Step t predicts token t of each sequence; token len is the closing end-of-tweet.
     for t in 0..=longest {
-        for (s, seq) in group.iter().enumerate() {
+        for (s, seq) in batch.iter().enumerate() {
             if t > seq.len() {
                 continue;
             }
