@@ -97,6 +97,20 @@ impl Mask {
     pub fn keep_scale(&self) -> f32 {
         self.keep_scale
     }
+
+    /// `y = x * mask`, element `i` of the mask for element `i` of `x`, on the thread pool.
+    pub fn apply_to(&self, x: &[f32], y: &mut [f32]) {
+        const CHUNK: usize = 1 << 14;
+        y.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .enumerate()
+            .for_each(|(c, (y, x))| {
+                let start = (c * CHUNK) as u64;
+                for (j, (y, &x)) in y.iter_mut().zip(x).enumerate() {
+                    *y = x * factor(self.key, start + j as u64, self.rate, self.keep_scale);
+                }
+            });
+    }
 }
 
 impl CustomOp1 for Mask {
@@ -107,15 +121,7 @@ impl CustomOp1 for Mask {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = super::cpu_slice::<f32>(s, l, "dropout", "input")?;
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(1 << 14)
-            .zip(x.par_chunks(1 << 14))
-            .enumerate()
-            .for_each(|(c, (y, x))| {
-                let start = (c << 14) as u64;
-                for (j, (y, &x)) in y.iter_mut().zip(x).enumerate() {
-                    *y = x * factor(self.key, start + j as u64, self.rate, self.keep_scale);
-                }
-            });
+        self.apply_to(x, &mut y);
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 

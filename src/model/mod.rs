@@ -171,6 +171,14 @@ impl CharLstm {
     /// Logits [T * B, V] (time-major rows) for token ids [T, B]. With `dropout`, training
     /// mode; without, evaluation.
     pub fn forward(&self, ids: &Tensor, mut dropout: Option<&mut Dropout>) -> Result<Tensor> {
+        let x = self.top_layer(ids, dropout.as_deref_mut())?;
+        let x = dropped(&mut dropout, x)?;
+        Ok(x.matmul(&self.out_w.t()?)?.broadcast_add(&self.out_b)?)
+    }
+
+    /// The last LSTM layer's output [T * B, H] before its dropout, which the output layer
+    /// turns into logits.
+    fn top_layer(&self, ids: &Tensor, mut dropout: Option<&mut Dropout>) -> Result<Tensor> {
         let (steps, batch) = ids.dims2()?;
         let h = self.config.rnn_size;
         // The output of the layer below, [TB, H]; none before the first layer.
@@ -202,10 +210,14 @@ impl CharLstm {
                 let x_aug = Tensor::cat(&[&x, &ones], 1)?.reshape((steps, batch, ()))?;
                 fused_lstm::lstm_sequence(&x_aug, &w_in, &layer.w_hh)? // [T, B, H]
             };
-            below = Some(dropped(&mut dropout, hs.reshape((steps * batch, h))?)?);
+            let hs = hs.reshape((steps * batch, h))?;
+            below = Some(if k + 1 < self.layers.len() {
+                dropped(&mut dropout, hs)?
+            } else {
+                hs
+            });
         }
-        let x = below.expect("a model has at least one layer");
-        Ok(x.matmul(&self.out_w.t()?)?.broadcast_add(&self.out_b)?)
+        Ok(below.expect("a model has at least one layer"))
     }
 
     /// Mean cross-entropy in nats per character of predicting `targets` [T, B] from `ids`
@@ -216,8 +228,17 @@ impl CharLstm {
         targets: &Tensor,
         dropout: Option<&mut Dropout>,
     ) -> Result<Tensor> {
-        let logits = self.forward(ids, dropout)?;
-        Ok(loss::cross_entropy(&logits, &targets.flatten_all()?)?)
+        let mut dropout = dropout;
+        let x = self.top_layer(ids, dropout.as_deref_mut())?;
+        let mask = dropout.and_then(Dropout::next_mask);
+        let targets = targets.flatten_all()?;
+        Ok(loss::output_cross_entropy(
+            &x,
+            mask,
+            &self.out_w,
+            &self.out_b,
+            &targets,
+        )?)
     }
 
     /// The weights, by name (shares storage with the model).
