@@ -2,13 +2,18 @@
 //! kinds of step (a matrix product, a cell forward, a cell backward) over named buffers, run
 //! by an [`Engine`]: [`CpuEngine`] on the CPU, `lstm_cuda::CudaEngine` with cuBLAS and two
 //! kernels on CUDA. One plan serves both, so the CPU tests of the fused op (against autograd
-//! and finite differences) check the GPU's order of work, offsets and transposes too; what is
+//! and finite differences) check the GPU's order of work, offsets and transposes too (the CPU
+//! runs the time steps in row groups, which a test holds to the plan's order bit for bit); what is
 //! left to the GPU is [`RowGemm::cublas`] (tested here against a column-major emulator) and
 //! the two kernels (transcriptions of `cpu_kernels::cell_forward` / `cell_backward`).
 
 use std::borrow::Cow;
 
-use super::cpu_kernels::{gemm, par_cell_backward, par_cell_forward, Mat, PackedB};
+use rayon::prelude::*;
+
+use super::cpu_kernels::{
+    cell_backward, cell_forward, gemm, isa, par_cell_backward, par_cell_forward, Mat, PackedB,
+};
 
 /// The sizes of one layer's run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,6 +176,24 @@ pub trait Engine {
         dc: At,
         dgates: At,
     ) -> candle_core::Result<()>;
+
+    /// The time steps of [`recurrence`]: by default [`steps_forward`], one product and one cell
+    /// pass at a time. An engine may run them otherwise with the same result.
+    fn steps_forward(&mut self, d: Dims) -> candle_core::Result<()>
+    where
+        Self: Sized,
+    {
+        steps_forward(self, d)
+    }
+
+    /// The time steps of [`recurrence_backward`] (all but dW_hh): by default
+    /// [`steps_backward`].
+    fn steps_backward(&mut self, d: Dims) -> candle_core::Result<()>
+    where
+        Self: Sized,
+    {
+        steps_backward(self, d)
+    }
 }
 
 /// The forward pass: reads `X`, `WIn`, `WHh`; writes `Acts`, `C`, `TanhC`, `H`.
@@ -192,6 +215,12 @@ pub fn forward(e: &mut impl Engine, d: Dims) -> candle_core::Result<()> {
 /// projection plus biases) on entry; writes `Acts` (activated), `C`, `TanhC` and `H`. Reads
 /// neither `X` nor `WIn`.
 pub fn recurrence(e: &mut impl Engine, d: Dims) -> candle_core::Result<()> {
+    e.steps_forward(d)
+}
+
+/// [`recurrence`]'s time steps one after another: per step the recurrent product over the
+/// whole batch, then the cell pass.
+pub fn steps_forward(e: &mut impl Engine, d: Dims) -> candle_core::Result<()> {
     let (b, h, g4) = (d.batch, d.hidden, 4 * d.hidden);
     let bh = b * h;
     // gates_t += h_{t-1} W_hh^T: [B, H] x [H, 4H].
@@ -233,6 +262,28 @@ pub fn backward(e: &mut impl Engine, d: Dims) -> candle_core::Result<()> {
 /// The backward pass through the recurrence after [`recurrence`]: writes `DGates` and `DWHh`
 /// (and uses `Dh`, `Dc` as scratch); reads neither `X` nor `WIn`.
 pub fn recurrence_backward(e: &mut impl Engine, d: Dims) -> candle_core::Result<()> {
+    e.steps_backward(d)?;
+    let (b, h, g4) = (d.batch, d.hidden, 4 * d.hidden);
+    // dW_hh = sum_t dgates_t^T h_{t-1}: one [4H, (T-1)B] x [(T-1)B, H] product.
+    let dw_hh = RowGemm {
+        m: g4,
+        n: h,
+        k: (d.steps - 1) * b,
+        a_t: true,
+        b_t: false,
+        accumulate: false,
+    };
+    e.gemm(
+        dw_hh,
+        At(Buf::DGates, b * g4),
+        At(Buf::H, 0),
+        At(Buf::DWHh, 0),
+    )
+}
+
+/// [`recurrence_backward`]'s time steps, last first: per step the recurrent product over the
+/// whole batch, then the cell pass. Writes `DGates` (and uses `Dh`, `Dc`).
+pub fn steps_backward(e: &mut impl Engine, d: Dims) -> candle_core::Result<()> {
     let (b, h, g4) = (d.batch, d.hidden, 4 * d.hidden);
     let bh = b * h;
     // dh_t += dgates_{t+1} W_hh: [B, 4H] x [4H, H].
@@ -262,21 +313,7 @@ pub fn recurrence_backward(e: &mut impl Engine, d: Dims) -> candle_core::Result<
             At(Buf::DGates, t * b * g4),
         )?;
     }
-    // dW_hh = sum_t dgates_t^T h_{t-1}: one [4H, (T-1)B] x [(T-1)B, H] product.
-    let dw_hh = RowGemm {
-        m: g4,
-        n: h,
-        k: (d.steps - 1) * b,
-        a_t: true,
-        b_t: false,
-        accumulate: false,
-    };
-    e.gemm(
-        dw_hh,
-        At(Buf::DGates, b * g4),
-        At(Buf::H, 0),
-        At(Buf::DWHh, 0),
-    )
+    Ok(())
 }
 
 /// The input's gradients from `DGates`: writes `Dx` and `DWIn`.
@@ -306,11 +343,22 @@ pub fn input_gradients(e: &mut impl Engine, d: Dims) -> candle_core::Result<()> 
 
 /// The plan on the CPU: each buffer borrowed (inputs, saved state) or owned (results), the
 /// recurrent weights packed once per orientation, the cell loops on the thread pool.
+///
+/// The recurrence's time steps run in row groups: a batch row's recurrence never reads another
+/// row, so each thread runs every time step for its own block of the batch's rows, with no
+/// hand-off between the threads at each step's product and cell pass (and each step's gates
+/// still in its own cache). The same products and cell loops row for row, so the same bits as
+/// the plan's steps one by one ([`CpuEngine::step_by_step`], tested).
 #[derive(Default)]
 pub struct CpuEngine<'a> {
     bufs: [Cow<'a, [f32]>; BUFS],
     packed: Vec<(bool, PackedB)>,
+    step_by_step: bool,
 }
+
+/// Batches below this many rows run the time steps as the plan lists them: a thread's block
+/// would be too small to pay for the rest of the step.
+const MIN_GROUP_ROWS: usize = 8;
 
 impl<'a> CpuEngine<'a> {
     /// Lends `data` to the run as `buf`.
@@ -321,6 +369,12 @@ impl<'a> CpuEngine<'a> {
     /// Gives the run an owned `buf` of `data`.
     pub fn give(&mut self, buf: Buf, data: Vec<f32>) {
         self.bufs[buf as usize] = Cow::Owned(data);
+    }
+
+    /// Runs the recurrence's time steps as the plan lists them, each product and cell pass
+    /// over the whole batch, instead of in row groups (for comparing the two).
+    pub fn step_by_step(&mut self) {
+        self.step_by_step = true;
     }
 
     /// Takes `buf` back out of the run.
@@ -344,6 +398,77 @@ impl<'a> CpuEngine<'a> {
     fn put(&mut self, buf: Buf, v: Vec<f32>) {
         self.bufs[buf as usize] = Cow::Owned(v);
     }
+
+    /// Packs W_hh as a product's B [k, n], transposed (`b_t`) or as stored, unless it is
+    /// packed so already: once a run.
+    fn pack_w_hh(&mut self, b_t: bool, k: usize, n: usize) {
+        if self.packed.iter().any(|(t, _)| *t == b_t) {
+            return;
+        }
+        let data = &self.read(At(Buf::WHh, 0))[..k * n];
+        let stored = if b_t {
+            Mat::new(data, n, k).t()
+        } else {
+            Mat::new(data, k, n)
+        };
+        let packed = PackedB::pack(stored);
+        self.packed.push((b_t, packed));
+    }
+
+    /// W_hh as [`CpuEngine::pack_w_hh`] packed it.
+    fn packed_w_hh(&self, b_t: bool) -> &PackedB {
+        let packed = self.packed.iter().find(|(t, _)| *t == b_t);
+        &packed.expect("lstm plan: W_hh is packed before use").1
+    }
+
+    /// The batch's rows in one block per thread, or none where the plan's steps one by one
+    /// should run.
+    fn row_groups(&self, batch: usize) -> Option<Vec<std::ops::Range<usize>>> {
+        let threads = candle_core::utils::get_num_threads();
+        let rows = batch.div_ceil(threads.max(1));
+        if self.step_by_step || threads < 2 || rows < MIN_GROUP_ROWS {
+            return None;
+        }
+        Some(
+            (0..batch)
+                .step_by(rows)
+                .map(|r| r..(r + rows).min(batch))
+                .collect(),
+        )
+    }
+}
+
+/// Cuts each of the `steps` slabs of `data` ([steps, batch, width]) into the rows of each
+/// group: `out[group][t]` is group `group`'s rows of step `t`.
+fn group_rows<'b>(
+    data: &'b mut [f32],
+    groups: &[std::ops::Range<usize>],
+    steps: usize,
+    width: usize,
+) -> Vec<Vec<&'b mut [f32]>> {
+    let slab = data.len() / steps.max(1);
+    let mut out: Vec<Vec<&mut [f32]>> = groups.iter().map(|_| Vec::with_capacity(steps)).collect();
+    for step in data.chunks_exact_mut(slab) {
+        let mut rest = step;
+        for (g, rows) in groups.iter().enumerate() {
+            let (mine, tail) = rest.split_at_mut(rows.len() * width);
+            out[g].push(mine);
+            rest = tail;
+        }
+    }
+    out
+}
+
+/// The rows `rows` of each step's slab of `data` ([steps, batch, width]).
+fn rows_of<'b>(
+    data: &'b [f32],
+    rows: &std::ops::Range<usize>,
+    batch: usize,
+    width: usize,
+) -> Vec<&'b [f32]> {
+    data.chunks_exact(batch * width)
+        .map(|step| &step[rows.start * width..rows.end * width])
+        .collect()
 }
 
 impl Engine for CpuEngine<'_> {
@@ -352,11 +477,9 @@ impl Engine for CpuEngine<'_> {
         let dst = &mut out[c.1..c.1 + g.m * g.n];
         if b.0 == Buf::WHh {
             // The same B at every step: pack it once per orientation.
-            if !self.packed.iter().any(|(t, _)| *t == g.b_t) {
-                let packed = PackedB::pack(g.b_mat(self.read(b)));
-                self.packed.push((g.b_t, packed));
-            }
-            let packed = &self.packed.iter().find(|(t, _)| *t == g.b_t).unwrap().1;
+            assert!(b.1 == 0, "lstm plan: W_hh is read whole");
+            self.pack_w_hh(g.b_t, g.k, g.n);
+            let packed = self.packed_w_hh(g.b_t);
             assert!(!g.a_t, "lstm plan: packed products take A as stored");
             packed.gemm(dst, &self.read(a)[..g.m * g.k], g.accumulate);
         } else {
@@ -430,6 +553,93 @@ impl Engine for CpuEngine<'_> {
         self.put(dgates.0, dgv);
         Ok(())
     }
+
+    fn steps_forward(&mut self, d: Dims) -> candle_core::Result<()> {
+        let Some(groups) = self.row_groups(d.batch) else {
+            return steps_forward(self, d);
+        };
+        let (t_all, h, g4) = (d.steps, d.hidden, 4 * d.hidden);
+        self.pack_w_hh(true, h, g4);
+        let mut acts = self.take_owned(Buf::Acts)?;
+        let mut c = self.take_owned(Buf::C)?;
+        let mut tanh_c = self.take_owned(Buf::TanhC)?;
+        let mut hs = self.take_owned(Buf::H)?;
+        let span = t_all * d.batch;
+        let w_hh = self.packed_w_hh(true);
+        let parts = group_rows(&mut acts[..span * g4], &groups, t_all, g4)
+            .into_iter()
+            .zip(group_rows(&mut c[..span * h], &groups, t_all, h))
+            .zip(group_rows(&mut tanh_c[..span * h], &groups, t_all, h))
+            .zip(group_rows(&mut hs[..span * h], &groups, t_all, h));
+        let isa = isa();
+        parts.collect::<Vec<_>>().into_par_iter().for_each(
+            |(((mut acts, mut c), mut tanh_c), mut hs)| {
+                for t in 0..t_all {
+                    let (h_before, h_now) = hs.split_at_mut(t);
+                    let (c_before, c_now) = c.split_at_mut(t);
+                    if let Some(h_prev) = h_before.last() {
+                        w_hh.gemm_rows_on(isa, acts[t], h_prev, true);
+                    }
+                    let c_prev = c_before.last().map(|c| &**c);
+                    cell_forward(acts[t], c_prev, c_now[0], tanh_c[t], h_now[0], h);
+                }
+            },
+        );
+        for (buf, v) in [
+            (Buf::Acts, acts),
+            (Buf::C, c),
+            (Buf::TanhC, tanh_c),
+            (Buf::H, hs),
+        ] {
+            self.put(buf, v);
+        }
+        Ok(())
+    }
+
+    fn steps_backward(&mut self, d: Dims) -> candle_core::Result<()> {
+        let Some(groups) = self.row_groups(d.batch) else {
+            return steps_backward(self, d);
+        };
+        let (t_all, b, h, g4) = (d.steps, d.batch, d.hidden, 4 * d.hidden);
+        self.pack_w_hh(false, g4, h);
+        let mut dh = self.take_owned(Buf::Dh)?;
+        let mut dc = self.take_owned(Buf::Dc)?;
+        let mut dgates = self.take_owned(Buf::DGates)?;
+        let span = t_all * b;
+        let w_hh = self.packed_w_hh(false);
+        let (acts, c, tanh_c) = (
+            &self.read(At(Buf::Acts, 0))[..span * g4],
+            &self.read(At(Buf::C, 0))[..span * h],
+            &self.read(At(Buf::TanhC, 0))[..span * h],
+        );
+        let parts = group_rows(&mut dh[..span * h], &groups, t_all, h)
+            .into_iter()
+            .zip(group_rows(&mut dc[..b * h], &groups, 1, h))
+            .zip(group_rows(&mut dgates[..span * g4], &groups, t_all, g4))
+            .zip(&groups);
+        let isa = isa();
+        parts.collect::<Vec<_>>().into_par_iter().for_each(
+            |(((mut dh, mut dc), mut dgates), rows)| {
+                let (acts, c, tanh_c) = (
+                    rows_of(acts, rows, b, g4),
+                    rows_of(c, rows, b, h),
+                    rows_of(tanh_c, rows, b, h),
+                );
+                for t in (0..t_all).rev() {
+                    let (dg_now, dg_after) = dgates.split_at_mut(t + 1);
+                    if let Some(next) = dg_after.first() {
+                        w_hh.gemm_rows_on(isa, dh[t], next, true);
+                    }
+                    let c_prev = t.checked_sub(1).map(|p| c[p]);
+                    cell_backward(acts[t], c_prev, tanh_c[t], dh[t], dc[0], dg_now[t], h);
+                }
+            },
+        );
+        for (buf, v) in [(Buf::Dh, dh), (Buf::Dc, dc), (Buf::DGates, dgates)] {
+            self.put(buf, v);
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -457,6 +667,78 @@ mod tests {
                 let out = &mut c[i + j * call.ldc];
                 *out = s + call.beta * *out;
             }
+        }
+    }
+
+    /// The recurrence forward and backward in row groups gives the same bits as the plan's
+    /// steps one by one, for a batch that splits evenly and one that does not; and the two
+    /// runs are not trivially equal (the outputs move from step to step).
+    #[test]
+    fn row_groups_give_the_plan_bit_for_bit() {
+        let noise = |n: usize, f: f32| -> Vec<f32> {
+            (0..n).map(|i| ((i as f32 + 1.0) * f).sin() * 0.5).collect()
+        };
+        for batch in [32, 37] {
+            let d = Dims {
+                steps: 5,
+                batch,
+                inputs: 6,
+                hidden: 13,
+            };
+            let (tb, g4) = (d.steps * d.batch, 4 * d.hidden);
+            let (x, w_in, w_hh) = (
+                noise(tb * d.inputs, 0.37),
+                noise(g4 * d.inputs, 0.11),
+                noise(g4 * d.hidden, 0.07),
+            );
+            let dh = noise(tb * d.hidden, 0.23);
+            let run = |step_by_step: bool| {
+                let mut e = CpuEngine::default();
+                if step_by_step {
+                    e.step_by_step();
+                } else {
+                    assert!(
+                        candle_core::utils::get_num_threads() < 2 || e.row_groups(batch).is_some(),
+                        "batch {batch} runs in row groups"
+                    );
+                }
+                e.lend(Buf::X, &x);
+                e.lend(Buf::WIn, &w_in);
+                e.lend(Buf::WHh, &w_hh);
+                e.give(Buf::Acts, vec![0.0; tb * g4]);
+                for buf in [Buf::C, Buf::TanhC, Buf::H] {
+                    e.give(buf, vec![0.0; tb * d.hidden]);
+                }
+                forward(&mut e, d).unwrap();
+                e.give(Buf::Dh, dh.clone());
+                e.give(Buf::Dc, vec![0.0; d.batch * d.hidden]);
+                e.give(Buf::DGates, vec![0.0; tb * g4]);
+                e.give(Buf::DWHh, vec![0.0; g4 * d.hidden]);
+                e.give(Buf::Dx, vec![0.0; tb * d.inputs]);
+                e.give(Buf::DWIn, vec![0.0; g4 * d.inputs]);
+                backward(&mut e, d).unwrap();
+                [
+                    Buf::H,
+                    Buf::C,
+                    Buf::Acts,
+                    Buf::DGates,
+                    Buf::DWHh,
+                    Buf::Dx,
+                    Buf::DWIn,
+                ]
+                .map(|b| e.take(b).iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+            };
+            let (groups, plan) = (run(false), run(true));
+            for (k, (g, p)) in groups.iter().zip(&plan).enumerate() {
+                assert_eq!(g, p, "batch {batch}, buffer {k}");
+            }
+            let h = &plan[0];
+            let step = d.batch * d.hidden;
+            assert_ne!(
+                h[..step],
+                h[(d.steps - 1) * step..],
+                "h moves from step to step"
+            );
         }
     }
 
