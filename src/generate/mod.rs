@@ -205,7 +205,8 @@ pub fn generate(
         vec![rayon::scope(|_| pool.sample(weights.state(1), &[0]))]
     } else {
         // Each thread samples its own group of candidates, with no hand-off between threads
-        // at every step (1.3-2.4x faster than one batch split at each product).
+        // at every step (on 2 cores 1.16x faster than one batch split at each product at 64
+        // candidates, 1.34x at 16).
         thread_groups(n)
             .into_par_iter()
             .map(|group| pool.sample(weights.thread_state(group.len()), &group))

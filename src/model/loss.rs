@@ -7,8 +7,8 @@
 //! On the CPU the output layer and the loss are one op ([`output_cross_entropy`]): the
 //! logits come from one product with the biases already in place, the probabilities are
 //! written over them, and the backward pass makes the three gradients with two products and
-//! one column sum, where candle's graph made a dozen passes and temporaries (a step's output
-//! layer 77 ms -> see docs/performance.md).
+//! one column sum, where candle's graph made a dozen passes and temporaries (forward and
+//! backward at the reference shapes with dropout: 77 -> 57 ms on a 2-core EPYC).
 
 use std::sync::Mutex;
 
