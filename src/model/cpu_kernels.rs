@@ -119,12 +119,12 @@ macro_rules! multiversion {
         $(#[$meta])*
         #[allow(clippy::too_many_arguments)]
         pub fn $name($($arg: $ty),*) {
-            $on(isa(), $($arg),*)
+            $on($crate::model::cpu_kernels::isa(), $($arg),*)
         }
 
         /// The same on path `isa` (for tests that compare the paths).
         #[allow(clippy::too_many_arguments)]
-        pub fn $on(isa: Isa, $($arg: $ty),*) {
+        pub fn $on(isa: $crate::model::cpu_kernels::Isa, $($arg: $ty),*) {
             #[inline(always)]
             #[allow(clippy::too_many_arguments)]
             fn body($($arg: $ty),*) $body
@@ -140,9 +140,9 @@ macro_rules! multiversion {
             if isa.available() {
                 // SAFETY: the CPU supports every feature the build called was compiled for.
                 match isa {
-                    Isa::Avx512 => return unsafe { avx512($($arg),*) },
-                    Isa::Avx2 => return unsafe { avx2($($arg),*) },
-                    Isa::Portable => {}
+                    $crate::model::cpu_kernels::Isa::Avx512 => return unsafe { avx512($($arg),*) },
+                    $crate::model::cpu_kernels::Isa::Avx2 => return unsafe { avx2($($arg),*) },
+                    $crate::model::cpu_kernels::Isa::Portable => {}
                 }
             }
             #[cfg(not(target_arch = "x86_64"))]
@@ -151,6 +151,7 @@ macro_rules! multiversion {
         }
     };
 }
+pub(crate) use multiversion;
 
 multiversion! {
     /// LSTM cell forward for `rows` rows, gate order i, f, g, o (PyTorch's and candle's).
@@ -278,19 +279,45 @@ multiversion! {
     /// exact whatever the order, and each weight is the scalar [`exp`] of the same argument,
     /// so every path gives the same bits.
     pub fn softmax_weights / softmax_weights_on(logits: &[f32], scale: f32, weights: &mut [f32]) {
-        let mut lanes = [f32::NEG_INFINITY; 16];
-        let chunks = logits.chunks_exact(16);
-        let tail = chunks.remainder();
-        for c in chunks {
-            for l in 0..16 {
-                lanes[l] = lanes[l].max(c[l]);
-            }
-        }
-        let max = tail.iter().chain(&lanes).fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        let max = largest(logits);
         for (w, &l) in weights.iter_mut().zip(logits) {
             *w = exp((l - max) * scale);
         }
     }
+}
+
+multiversion! {
+    /// A row of logits in, its softmax out, and `loss = -ln softmax(row)[target]`: the
+    /// training loss's forward pass for one row. The exponentials run vectorised and the sum
+    /// in element order, so every path gives the same bits as the plain loop.
+    pub fn softmax_row / softmax_row_on(row: &mut [f32], target: usize, loss: &mut f32) {
+        let max = largest(row);
+        let target_logit = row[target];
+        for x in row.iter_mut() {
+            *x = exp(*x - max);
+        }
+        let sum = row.iter().fold(0f32, |s, &x| s + x);
+        let inv = 1.0 / sum;
+        row.iter_mut().for_each(|x| *x *= inv);
+        *loss = sum.ln() + max - target_logit;
+    }
+}
+
+/// The largest element (`-inf` for none), in 16 lanes so it vectorises: a maximum is exact
+/// in any order.
+#[inline(always)]
+fn largest(x: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let chunks = x.chunks_exact(16);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for l in 0..16 {
+            lanes[l] = lanes[l].max(c[l]);
+        }
+    }
+    tail.iter()
+        .chain(&lanes)
+        .fold(f32::NEG_INFINITY, |m, &x| m.max(x))
 }
 
 multiversion! {
@@ -789,12 +816,12 @@ unsafe fn micro_avx2<const R: usize>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The paths this CPU runs; the others are named as skipped, with why, in the test run's
     /// own output (written past the harness's capture).
-    fn paths_here(test: &str) -> Vec<Isa> {
+    pub(crate) fn paths_here(test: &str) -> Vec<Isa> {
         use std::io::Write;
         for isa in Isa::ALL.into_iter().filter(|i| !i.available()) {
             writeln!(
@@ -934,6 +961,29 @@ mod tests {
                     let got: Vec<u32> = got.iter().map(|w| w.to_bits()).collect();
                     assert_eq!(got, want, "{isa:?}, {v} logits, scale {scale}");
                 }
+            }
+        }
+    }
+
+    /// Every path's softmax row and loss are the same bits as the plain loop's (max, the
+    /// scalar exp, an in-order sum): the training loss must not depend on the CPU.
+    #[test]
+    fn softmax_row_matches_the_plain_loop_on_every_path() {
+        let paths = paths_here("softmax_row_matches_the_plain_loop_on_every_path");
+        for v in [1, 15, 16, 17, 145, 527] {
+            let logits: Vec<f32> = (0..v).map(|i| (i as f32 * 0.61).cos() * 7.0).collect();
+            let target = v / 3;
+            let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            let e: Vec<f32> = logits.iter().map(|&l| exp(l - max)).collect();
+            let sum = e.iter().fold(0f32, |s, &x| s + x);
+            let want: Vec<u32> = e.iter().map(|&x| (x * (1.0 / sum)).to_bits()).collect();
+            let want_loss = sum.ln() + max - logits[target];
+            for &isa in &paths {
+                let (mut row, mut loss) = (logits.clone(), f32::NAN);
+                softmax_row_on(isa, &mut row, target, &mut loss);
+                let got: Vec<u32> = row.iter().map(|p| p.to_bits()).collect();
+                assert_eq!(got, want, "{isa:?}, {v} logits");
+                assert_eq!(loss.to_bits(), want_loss.to_bits(), "{isa:?}, {v} logits");
             }
         }
     }

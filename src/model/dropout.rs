@@ -5,6 +5,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::cpu_kernels::multiversion;
 use crate::Result;
 
 /// Dropout at one rate, masks keyed by a seed and by how many times it has been applied.
@@ -106,10 +107,18 @@ impl Mask {
             .enumerate()
             .for_each(|(c, (y, x))| {
                 let start = (c * CHUNK) as u64;
-                for (j, (y, &x)) in y.iter_mut().zip(x).enumerate() {
-                    *y = x * factor(self.key, start + j as u64, self.rate, self.keep_scale);
-                }
+                masked(self.key, self.rate, self.keep_scale, start, x, y);
             });
+    }
+}
+
+multiversion! {
+    /// `y[j] = x[j] * factor(element start + j)`: the mask's loop, vectorised (integer
+    /// products and a compare, so every path gives the same bits).
+    pub fn masked / masked_on(key: u64, rate: f32, keep_scale: f32, start: u64, x: &[f32], y: &mut [f32]) {
+        for (j, (y, &x)) in y.iter_mut().zip(x).enumerate() {
+            *y = x * factor(key, start + j as u64, rate, keep_scale);
+        }
     }
 }
 
@@ -185,6 +194,29 @@ mod tests {
         assert!(y.iter().all(|&v| v == 0.0 || v == keep));
         let mean = y.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
         assert!((mean - 1.0).abs() < 0.005, "mean {mean}");
+    }
+
+    /// Every kernel path draws the mask of the scalar `factor`, element for element, from
+    /// any starting element: a run's masks must not depend on the CPU (the CUDA kernel draws
+    /// the same).
+    #[test]
+    fn every_path_masks_as_the_scalar_factor() {
+        let paths =
+            crate::model::cpu_kernels::tests::paths_here("every_path_masks_as_the_scalar_factor");
+        let x: Vec<f32> = (0..1000).map(|i| (i as f32 * 0.37).sin()).collect();
+        for (rate, start) in [(0.05f32, 0u64), (0.5, 12_345), (0.3, u64::MAX - 400)] {
+            let (key, keep) = (mask_key(9, 2), 1.0 / (1.0 - rate));
+            let want: Vec<u32> = (0..x.len())
+                .map(|j| (x[j] * factor(key, start.wrapping_add(j as u64), rate, keep)).to_bits())
+                .collect();
+            assert!(want.contains(&0), "rate {rate}: something dropped");
+            for &isa in &paths {
+                let mut y = vec![f32::NAN; x.len()];
+                masked_on(isa, key, rate, keep, start, &x, &mut y);
+                let got: Vec<u32> = y.iter().map(|v| v.to_bits()).collect();
+                assert_eq!(got, want, "{isa:?}, rate {rate}, from element {start}");
+            }
+        }
     }
 
     #[test]

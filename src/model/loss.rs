@@ -248,18 +248,7 @@ fn softmax_rows(x: &mut [f32], targets: &[u32], v: usize) -> Vec<f32> {
     x.par_chunks_mut(v)
         .zip(targets.par_iter())
         .zip(row_loss.par_iter_mut())
-        .for_each(|((p, &t), loss)| {
-            let max = p.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let target_logit = p[t as usize];
-            let mut sum = 0f32;
-            for p in p.iter_mut() {
-                *p = kernels::exp(*p - max);
-                sum += *p;
-            }
-            let inv = 1.0 / sum;
-            p.iter_mut().for_each(|p| *p *= inv);
-            *loss = sum.ln() + max - target_logit;
-        });
+        .for_each(|((p, &t), loss)| kernels::softmax_row(p, t as usize, loss));
     row_loss
 }
 
