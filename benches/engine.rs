@@ -108,8 +108,14 @@ fn first_layer_paths() {
     for k in 0..44 {
         let start = Instant::now();
         let out = if k % 2 == 0 {
-            token_lstm::first_layer(ids.clone(), t, b, &emb, &w_in, &w_hh, dropout.next_mask())
-                .unwrap()
+            let input = token_lstm::Input {
+                ids: ids.clone(),
+                steps: t,
+                batch: b,
+                mask: dropout.next_mask(),
+                precision: Default::default(),
+            };
+            token_lstm::first_layer(input, &emb, &w_in, &w_hh).unwrap()
         } else {
             let x = dropout
                 .apply(&emb.index_select(&ids_t, 0).unwrap())

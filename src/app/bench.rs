@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use serde_json::{json, Value};
 
 use crate::generate::{sample_token, SampleConfig, SampleScratch};
-use crate::model::{thread_groups, ModelConfig, StepState, StepWeights, Vocab, EOT};
+use crate::model::{thread_groups, ModelConfig, Precision, StepState, StepWeights, Vocab, EOT};
 use crate::train::{describe_cpu, describe_device, Learner, TrainConfig};
 use crate::{Error, Result};
 
@@ -33,6 +33,8 @@ pub struct BenchRequest {
     pub device: Option<String>,
     /// TF32 tensor cores for f32 products on CUDA (`[train] tf32`).
     pub tf32: bool,
+    /// bf16 operands for training's products on the CPU (`[train] bf16`).
+    pub bf16: bool,
 }
 
 impl Default for BenchRequest {
@@ -45,6 +47,7 @@ impl Default for BenchRequest {
             hidden: 512,
             device: None,
             tf32: false,
+            bf16: false,
         }
     }
 }
@@ -70,7 +73,10 @@ pub fn run(corpus: &Path, req: &BenchRequest, mut report: impl FnMut(&Value)) ->
         rnn_size: req.hidden,
         ..ModelConfig::default()
     };
-    let train = TrainConfig::default();
+    let train = TrainConfig {
+        bf16: req.bf16,
+        ..TrainConfig::default()
+    };
     // The reference script's batch shape, whatever aviary's defaults are, so that the two
     // measure the same work.
     let (b, t) = (128, 32);
@@ -117,9 +123,14 @@ pub fn run(corpus: &Path, req: &BenchRequest, mut report: impl FnMut(&Value)) ->
         Device::Cpu => format!("{} ({})", describe_device(d), describe_cpu()),
         _ => describe_device(d),
     };
+    // Training's products in bf16 say so (sampling is f32 whatever the setting).
+    let trained_on = match learner.model.precision {
+        Precision::Bf16 => format!("{}, bf16 products", named(&device)),
+        Precision::F32 => named(&device),
+    };
     let threads = candle_core::utils::get_num_threads();
     report(&json!({
-        "what": "train", "framework": framework, "device": named(&device), "threads": threads,
+        "what": "train", "framework": framework, "device": trained_on, "threads": threads,
         "steps": req.steps, "chars_per_s": (req.steps * b * t) as f64 / dt, "final_loss": loss,
     }));
 
@@ -144,7 +155,7 @@ pub fn run(corpus: &Path, req: &BenchRequest, mut report: impl FnMut(&Value)) ->
         learner.step_marked(&x, &y, (req.steps + k) as u64, train.clip_norm, &mut mark)?;
     }
     let mut line = json!({
-        "what": "train-phases", "framework": framework, "device": named(&device),
+        "what": "train-phases", "framework": framework, "device": trained_on,
         "threads": threads, "steps": phase_steps,
     });
     for (phase, ms) in &phases {

@@ -373,6 +373,9 @@ pub struct BenchArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long)]
     pub device: Option<String>,
+    /// Train with bf16 products (as `[train] bf16 = true`; CPUs with AVX-512 BF16).
+    #[arg(long)]
+    pub bf16: bool,
 }
 
 /// Parses the command line and runs it.
@@ -884,6 +887,7 @@ fn bench(config: &Config, a: BenchArgs) -> Result<()> {
         hidden: a.hidden,
         device: a.device,
         tf32: config.train.tf32,
+        bf16: a.bf16 || config.train.bf16,
         ..BenchRequest::default()
     };
     app::bench::run(&a.corpus, &req, |v| println!("{v}"))

@@ -437,7 +437,8 @@ impl<'a> Mat<'a> {
         }
     }
 
-    fn shape(&self) -> (usize, usize) {
+    /// (rows, columns) of the logical matrix.
+    pub(crate) fn shape(&self) -> (usize, usize) {
         if self.transposed {
             (self.cols, self.rows)
         } else {
@@ -446,7 +447,7 @@ impl<'a> Mat<'a> {
     }
 
     /// (row stride, column stride) of the logical matrix.
-    fn strides(&self) -> (isize, isize) {
+    pub(crate) fn strides(&self) -> (isize, isize) {
         if self.transposed {
             (1, self.cols as isize)
         } else {

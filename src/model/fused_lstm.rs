@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor};
 
+use super::bf16::Precision;
 use super::lstm_plan::{self, Buf, CpuEngine, Dims};
 
 /// Runs an LSTM layer over a sequence from zero state: `x` [T, B, I] is the layer input
@@ -21,6 +22,17 @@ use super::lstm_plan::{self, Buf, CpuEngine, Dims};
 /// the fused op (on CUDA: cuBLAS and two kernels, see [`super::lstm_cuda`]); other dtypes run
 /// the unfused candle ops.
 pub fn lstm_sequence(x: &Tensor, w_in: &Tensor, w_hh: &Tensor) -> candle_core::Result<Tensor> {
+    lstm_sequence_at(x, w_in, w_hh, Precision::F32)
+}
+
+/// [`lstm_sequence`] with the CPU's products at `precision` (CUDA and the unfused path run
+/// f32 whatever it says).
+pub fn lstm_sequence_at(
+    x: &Tensor,
+    w_in: &Tensor,
+    w_hh: &Tensor,
+    precision: Precision,
+) -> candle_core::Result<Tensor> {
     let device = x.device();
     if x.dtype() != DType::F32 || !(device.is_cpu() || device.is_cuda()) {
         lstm_reference(x, w_in, w_hh)
@@ -28,7 +40,10 @@ pub fn lstm_sequence(x: &Tensor, w_in: &Tensor, w_hh: &Tensor) -> candle_core::R
         x.contiguous()?.apply_op3(
             &w_in.contiguous()?,
             &w_hh.contiguous()?,
-            FusedLstm::default(),
+            FusedLstm {
+                precision,
+                ..FusedLstm::default()
+            },
         )
     }
 }
@@ -85,6 +100,8 @@ enum Saved {
 
 /// [`Saved`] on the CPU; also what [`super::token_lstm`]'s first layer keeps.
 pub(crate) struct CpuSaved {
+    /// The forward pass's products' precision, which the backward pass's take too.
+    precision: Precision,
     acts: Vec<f32>,
     c: Vec<f32>,
     tanh_c: Vec<f32>,
@@ -94,6 +111,7 @@ impl CpuSaved {
     /// Takes the saved buffers out of an engine that ran [`lstm_plan::recurrence`].
     pub(crate) fn take(e: &mut CpuEngine) -> Self {
         CpuSaved {
+            precision: e.precision(),
             acts: e.take(Buf::Acts),
             c: e.take(Buf::C),
             tanh_c: e.take(Buf::TanhC),
@@ -121,6 +139,7 @@ impl CpuSaved {
         };
         let g4 = 4 * d.hidden;
         let mut e = CpuEngine::default();
+        e.set_precision(self.precision);
         e.lend(Buf::WHh, w_hh);
         e.lend(Buf::H, super::cpu_slice(h_st, h_l, op, "h")?);
         e.lend(Buf::Acts, &self.acts);
@@ -182,6 +201,7 @@ pub(crate) fn split_grads(
 #[derive(Default)]
 pub struct FusedLstm {
     saved: Stash<Saved>,
+    precision: Precision,
 }
 
 /// The f32 data of a contiguous CPU argument of the op.
@@ -229,6 +249,7 @@ impl CustomOp3 for FusedLstm {
             d.steps * d.batch * 4 * d.hidden,
         );
         let mut e = CpuEngine::default();
+        e.set_precision(self.precision);
         e.lend(Buf::X, contiguous_f32(s1, l1, "x")?);
         e.lend(Buf::WIn, contiguous_f32(s2, l2, "w_in")?);
         e.lend(Buf::WHh, contiguous_f32(s3, l3, "w_hh")?);

@@ -15,7 +15,8 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu_kernels::{self as kernels, gemm, Mat};
+use super::bf16::{gemm, Precision};
+use super::cpu_kernels::{self as kernels, Mat};
 use super::dropout::Mask;
 use super::fused_lstm::split_grads;
 
@@ -39,13 +40,15 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> candle_core::Result<T
 
 /// Mean cross-entropy (nats) of `targets` [N] (u32) under the output layer's logits
 /// `dropout(x) @ w^T + b`, `x` [N, H], `w` [V, H], `b` [V], dropout by `mask` where there is
-/// one: one op on the CPU in f32 (see the module's doc), candle's ops elsewhere.
+/// one: one op on the CPU in f32 (see the module's doc; its three products at `precision`),
+/// candle's ops elsewhere.
 pub fn output_cross_entropy(
     x: &Tensor,
     mask: Option<Mask>,
     w: &Tensor,
     b: &Tensor,
     targets: &Tensor,
+    precision: Precision,
 ) -> candle_core::Result<Tensor> {
     let fused = x.device().is_cpu()
         && [x, w, b].iter().all(|t| t.dtype() == DType::F32)
@@ -61,6 +64,7 @@ pub fn output_cross_entropy(
         targets: targets.flatten_all()?.to_vec1::<u32>()?,
         mask,
         probs: Mutex::new(None),
+        precision,
     };
     x.contiguous()?
         .apply_op3(&w.contiguous()?, &b.contiguous()?, op)?
@@ -75,6 +79,8 @@ struct OutputLoss {
     mask: Option<Mask>,
     /// The softmax [N, V] and, with dropout, x after it [N, H], kept for the backward pass.
     probs: Mutex<Option<Kept>>,
+    /// The products' (forward and backward).
+    precision: Precision,
 }
 
 /// What [`OutputLoss`]'s forward pass keeps.
@@ -136,7 +142,13 @@ impl CustomOp3 for OutputLoss {
         for _ in 0..n {
             logits.extend_from_slice(b);
         }
-        gemm(&mut logits, Mat::new(x, n, h), Mat::new(w, v, h).t(), true);
+        gemm(
+            self.precision,
+            &mut logits,
+            Mat::new(x, n, h),
+            Mat::new(w, v, h).t(),
+            true,
+        );
         let row_loss = softmax_rows(&mut logits, &self.targets, v);
         *self.probs.lock().expect("loss state poisoned") = Some(Kept {
             probs: logits,
@@ -159,6 +171,7 @@ impl CustomOp3 for OutputLoss {
         let grad = OutputLossGrad {
             targets: &self.targets,
             mask: self.mask,
+            precision: self.precision,
             kept: Mutex::new(Some(kept)),
             grad_rows: grad_res.to_dtype(DType::F32)?.to_vec1::<f32>()?,
         };
@@ -174,6 +187,7 @@ impl CustomOp3 for OutputLoss {
 struct OutputLossGrad<'a> {
     targets: &'a [u32],
     mask: Option<Mask>,
+    precision: Precision,
     kept: Mutex<Option<Kept>>,
     grad_rows: Vec<f32>,
 }
@@ -209,15 +223,16 @@ impl CustomOp3 for OutputLossGrad<'_> {
         let (dw, db) = rest.split_at_mut(v * h);
         let dlogits_m = Mat::new(&dlogits, n, v);
         let x = dropped_x.as_deref().unwrap_or(x);
-        gemm(dw, dlogits_m.t(), Mat::new(x, n, h), false);
+        let p = self.precision;
+        gemm(p, dw, dlogits_m.t(), Mat::new(x, n, h), false);
         match self.mask {
             Some(mask) => {
                 // The dropped x's buffer is free now: the gradient before dropout goes there.
                 let mut before = dropped_x.expect("kept with the mask");
-                gemm(&mut before, dlogits_m, Mat::new(w, v, h), false);
+                gemm(p, &mut before, dlogits_m, Mat::new(w, v, h), false);
                 mask.apply_to(&before, dx);
             }
-            None => gemm(dx, dlogits_m, Mat::new(w, v, h), false),
+            None => gemm(p, dx, dlogits_m, Mat::new(w, v, h), false),
         }
         // Column sums in row order (the same bits on any number of threads).
         const COLS: usize = 64;
@@ -465,7 +480,9 @@ mod tests {
         for rate in [0.0, 0.3] {
             let mut dropout = crate::model::Dropout::new(rate, 5);
             let mut same = crate::model::Dropout::new(rate, 5);
-            let ours = output_cross_entropy(&x, dropout.next_mask(), &w, &b, &targets).unwrap();
+            let ours =
+                output_cross_entropy(&x, dropout.next_mask(), &w, &b, &targets, Precision::F32)
+                    .unwrap();
             let dropped = same.apply(&x).unwrap();
             let logits = dropped
                 .matmul(&w.t().unwrap())
@@ -502,7 +519,7 @@ mod tests {
         let w = Tensor::zeros((3, 4), DType::F32, &dev).unwrap();
         let b = Tensor::zeros(3, DType::F32, &dev).unwrap();
         let targets = Tensor::new(&[0u32, 3], &dev).unwrap();
-        let err = output_cross_entropy(&x, None, &w, &b, &targets)
+        let err = output_cross_entropy(&x, None, &w, &b, &targets, Precision::F32)
             .unwrap_err()
             .to_string();
         assert!(err.contains("target 3 outside the 3 classes"), "{err}");

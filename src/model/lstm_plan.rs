@@ -11,9 +11,8 @@ use std::borrow::Cow;
 
 use rayon::prelude::*;
 
-use super::cpu_kernels::{
-    cell_backward, cell_forward, gemm, isa, par_cell_backward, par_cell_forward, Mat, PackedB,
-};
+use super::bf16::{self, Packed, Precision};
+use super::cpu_kernels::{cell_backward, cell_forward, par_cell_backward, par_cell_forward, Mat};
 
 /// The sizes of one layer's run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -352,8 +351,9 @@ pub fn input_gradients(e: &mut impl Engine, d: Dims) -> candle_core::Result<()> 
 #[derive(Default)]
 pub struct CpuEngine<'a> {
     bufs: [Cow<'a, [f32]>; BUFS],
-    packed: Vec<(bool, PackedB)>,
+    packed: Vec<(bool, Packed)>,
     step_by_step: bool,
+    precision: Precision,
 }
 
 /// Batches below this many rows run the time steps as the plan lists them: a thread's block
@@ -369,6 +369,16 @@ impl<'a> CpuEngine<'a> {
     /// Gives the run an owned `buf` of `data`.
     pub fn give(&mut self, buf: Buf, data: Vec<f32>) {
         self.bufs[buf as usize] = Cow::Owned(data);
+    }
+
+    /// Runs every product at precision `p` (f32 by default).
+    pub fn set_precision(&mut self, p: Precision) {
+        self.precision = p;
+    }
+
+    /// The precision of its products.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Runs the recurrence's time steps as the plan lists them, each product and cell pass
@@ -411,12 +421,12 @@ impl<'a> CpuEngine<'a> {
         } else {
             Mat::new(data, k, n)
         };
-        let packed = PackedB::pack(stored);
+        let packed = Packed::pack(stored, self.precision);
         self.packed.push((b_t, packed));
     }
 
     /// W_hh as [`CpuEngine::pack_w_hh`] packed it.
-    fn packed_w_hh(&self, b_t: bool) -> &PackedB {
+    fn packed_w_hh(&self, b_t: bool) -> &Packed {
         let packed = self.packed.iter().find(|(t, _)| *t == b_t);
         &packed.expect("lstm plan: W_hh is packed before use").1
     }
@@ -483,7 +493,8 @@ impl Engine for CpuEngine<'_> {
             assert!(!g.a_t, "lstm plan: packed products take A as stored");
             packed.gemm(dst, &self.read(a)[..g.m * g.k], g.accumulate);
         } else {
-            gemm(
+            bf16::gemm(
+                self.precision,
                 dst,
                 g.a_mat(self.read(a)),
                 g.b_mat(self.read(b)),
@@ -571,14 +582,13 @@ impl Engine for CpuEngine<'_> {
             .zip(group_rows(&mut c[..span * h], &groups, t_all, h))
             .zip(group_rows(&mut tanh_c[..span * h], &groups, t_all, h))
             .zip(group_rows(&mut hs[..span * h], &groups, t_all, h));
-        let isa = isa();
         parts.collect::<Vec<_>>().into_par_iter().for_each(
             |(((mut acts, mut c), mut tanh_c), mut hs)| {
                 for t in 0..t_all {
                     let (h_before, h_now) = hs.split_at_mut(t);
                     let (c_before, c_now) = c.split_at_mut(t);
                     if let Some(h_prev) = h_before.last() {
-                        w_hh.gemm_rows_on(isa, acts[t], h_prev, true);
+                        w_hh.gemm_rows(acts[t], h_prev, true);
                     }
                     let c_prev = c_before.last().map(|c| &**c);
                     cell_forward(acts[t], c_prev, c_now[0], tanh_c[t], h_now[0], h);
@@ -617,7 +627,6 @@ impl Engine for CpuEngine<'_> {
             .zip(group_rows(&mut dc[..b * h], &groups, 1, h))
             .zip(group_rows(&mut dgates[..span * g4], &groups, t_all, g4))
             .zip(&groups);
-        let isa = isa();
         parts.collect::<Vec<_>>().into_par_iter().for_each(
             |(((mut dh, mut dc), mut dgates), rows)| {
                 let (acts, c, tanh_c) = (
@@ -628,7 +637,7 @@ impl Engine for CpuEngine<'_> {
                 for t in (0..t_all).rev() {
                     let (dg_now, dg_after) = dgates.split_at_mut(t + 1);
                     if let Some(next) = dg_after.first() {
-                        w_hh.gemm_rows_on(isa, dh[t], next, true);
+                        w_hh.gemm_rows(dh[t], next, true);
                     }
                     let c_prev = t.checked_sub(1).map(|p| c[p]);
                     cell_backward(acts[t], c_prev, tanh_c[t], dh[t], dc[0], dg_now[t], h);
@@ -645,6 +654,7 @@ impl Engine for CpuEngine<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::cpu_kernels::gemm;
 
     /// cuBLAS's `sgemm` by its definition (column-major), for checking [`RowGemm::cublas`].
     fn column_major_sgemm(call: CublasCall, a: &[f32], b: &[f32], c: &mut [f32]) {

@@ -5,6 +5,7 @@
 //! Linear(V). Weight names follow PyTorch's (`lstm.weight_ih_l0`, ...), gate order i, f, g, o.
 //! Knows no corpus, bot, database or screen.
 
+pub mod bf16;
 pub mod checkpoint;
 pub mod cpu_kernels;
 #[cfg(feature = "cuda")]
@@ -29,6 +30,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
+pub use bf16::Precision;
 pub use checkpoint::{Card, Checkpoint};
 pub use dropout::Dropout;
 pub use sampling_step::{thread_groups, StepState, StepWeights};
@@ -129,6 +131,9 @@ pub struct CharLstm {
     out_w: Tensor,
     /// [V]
     out_b: Tensor,
+    /// How training's products on the CPU treat their operands (`[train] bf16`); sampling
+    /// ([`StepWeights`]) is f32 whatever it says.
+    pub precision: Precision,
 }
 
 impl CharLstm {
@@ -154,6 +159,7 @@ impl CharLstm {
             layers,
             out_w: vb.get((vocab_size, h), "out.weight")?,
             out_b: vb.get(vocab_size, "out.bias")?,
+            precision: Precision::F32,
         })
     }
 
@@ -189,15 +195,14 @@ impl CharLstm {
             let w_in = Tensor::cat(&[&layer.w_ih, &bias], 1)?;
             let hs = if k == 0 && token_lstm::runs_on(&self.embedding) {
                 // On the CPU the first layer reads its input gates per character.
-                token_lstm::first_layer(
-                    ids.flatten_all()?.to_vec1::<u32>()?,
+                let input = token_lstm::Input {
+                    ids: ids.flatten_all()?.to_vec1::<u32>()?,
                     steps,
                     batch,
-                    &self.embedding,
-                    &w_in,
-                    &layer.w_hh,
-                    dropout.as_deref_mut().and_then(Dropout::next_mask),
-                )?
+                    mask: dropout.as_deref_mut().and_then(Dropout::next_mask),
+                    precision: self.precision,
+                };
+                token_lstm::first_layer(input, &self.embedding, &w_in, &layer.w_hh)?
             } else {
                 let x = match below.take() {
                     Some(x) => x,
@@ -208,7 +213,8 @@ impl CharLstm {
                 };
                 let ones = Tensor::ones((steps * batch, 1), x.dtype(), x.device())?;
                 let x_aug = Tensor::cat(&[&x, &ones], 1)?.reshape((steps, batch, ()))?;
-                fused_lstm::lstm_sequence(&x_aug, &w_in, &layer.w_hh)? // [T, B, H]
+                fused_lstm::lstm_sequence_at(&x_aug, &w_in, &layer.w_hh, self.precision)?
+                // [T, B, H]
             };
             let hs = hs.reshape((steps * batch, h))?;
             below = Some(if k + 1 < self.layers.len() {
@@ -238,6 +244,7 @@ impl CharLstm {
             &self.out_w,
             &self.out_b,
             &targets,
+            self.precision,
         )?)
     }
 

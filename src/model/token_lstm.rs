@@ -15,6 +15,7 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::bf16::Precision;
 use super::cpu_kernels::{axpy, gemm, matvec, Mat};
 use super::dropout::Mask;
 use super::fused_lstm::{split_grads, CpuSaved, Stash};
@@ -25,25 +26,16 @@ pub fn runs_on(embedding: &Tensor) -> bool {
     embedding.device().is_cpu() && embedding.dtype() == DType::F32
 }
 
-/// The first layer's hidden states [T, B, H] for token ids `ids` [T * B] (time-major):
-/// `embedding` [V, E], `w_in` [4H, E + 1] (W_ih with the summed biases as last column),
-/// `w_hh` [4H, H], and the dropout `mask` on the embedded batch [T * B, E] if training.
+/// The first layer's hidden states [T, B, H] for `input`'s token ids: `embedding` [V, E],
+/// `w_in` [4H, E + 1] (W_ih with the summed biases as last column), `w_hh` [4H, H].
 pub fn first_layer(
-    ids: Vec<u32>,
-    steps: usize,
-    batch: usize,
+    input: Input,
     embedding: &Tensor,
     w_in: &Tensor,
     w_hh: &Tensor,
-    mask: Option<Mask>,
 ) -> candle_core::Result<Tensor> {
     let op = TokenLstm {
-        input: Arc::new(Input {
-            ids,
-            steps,
-            batch,
-            mask,
-        }),
+        input: Arc::new(input),
         saved: Stash::default(),
     };
     embedding
@@ -51,12 +43,18 @@ pub fn first_layer(
         .apply_op3(&w_in.contiguous()?, &w_hh.contiguous()?, op)
 }
 
-/// What the op is run on besides its three tensors.
-struct Input {
-    ids: Vec<u32>,
-    steps: usize,
-    batch: usize,
-    mask: Option<Mask>,
+/// What [`first_layer`] runs on besides its three tensors.
+pub struct Input {
+    /// Token ids [T * B], time-major.
+    pub ids: Vec<u32>,
+    /// T
+    pub steps: usize,
+    /// B
+    pub batch: usize,
+    /// Dropout on the embedded batch [T * B, E], when training.
+    pub mask: Option<Mask>,
+    /// The recurrence's products' precision (the small input-table products stay f32).
+    pub precision: Precision,
 }
 
 impl Input {
@@ -174,6 +172,7 @@ impl CustomOp3 for TokenLstm {
             }
         });
         let mut eng = CpuEngine::default();
+        eng.set_precision(inp.precision);
         eng.lend(Buf::WHh, f32s(s3, l3, "w_hh")?);
         eng.give(Buf::Acts, acts);
         for buf in [Buf::C, Buf::TanhC, Buf::H] {
@@ -343,16 +342,14 @@ mod tests {
         let w_hh = Var::from_tensor(&rand_tensor(&[4 * h, h], 3, 0.4)).unwrap();
         let probe = rand_tensor(&[t, b, h], 4, 1.0);
         for rate in [0.0, 0.3] {
-            let ours = first_layer(
-                ids.clone(),
-                t,
-                b,
-                &emb,
-                &w_in,
-                &w_hh,
-                Dropout::new(rate, 5).next_mask(),
-            )
-            .unwrap();
+            let input = Input {
+                ids: ids.clone(),
+                steps: t,
+                batch: b,
+                mask: Dropout::new(rate, 5).next_mask(),
+                precision: Precision::F32,
+            };
+            let ours = first_layer(input, &emb, &w_in, &w_hh).unwrap();
             let ids_t = Tensor::from_vec(ids.clone(), t * b, &Device::Cpu).unwrap();
             let x = Dropout::new(rate, 5)
                 .apply(&emb.index_select(&ids_t, 0).unwrap())
@@ -391,7 +388,19 @@ mod tests {
         let emb = rand_tensor(&[4, 3], 1, 1.0);
         let w_in = rand_tensor(&[8, 4], 2, 0.5);
         let w_hh = rand_tensor(&[8, 2], 3, 0.5);
-        let err = first_layer(vec![1, 4], 1, 2, &emb, &w_in, &w_hh, None).unwrap_err();
+        let err = first_layer(
+            Input {
+                ids: vec![1, 4],
+                steps: 1,
+                batch: 2,
+                mask: None,
+                precision: Precision::F32,
+            },
+            &emb,
+            &w_in,
+            &w_hh,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("token id 4"), "{err}");
     }
 }
