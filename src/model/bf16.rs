@@ -297,17 +297,16 @@ impl Packed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::cpu_kernels::tests::skipped;
 
-    /// Says why a test cannot run here, past the harness's capture.
+    /// Whether the bf16 products run here; says why not where they do not.
     fn runs_here(test: &str) -> bool {
-        use std::io::Write;
         let here = cpu_has_bf16();
         if !here {
-            writeln!(
-                std::io::stderr(),
-                "SKIPPED {test}: this CPU lacks AVX-512 BF16, which the bf16 products need"
-            )
-            .expect("stderr takes the line");
+            skipped(
+                test,
+                "this CPU lacks AVX-512 BF16, which the bf16 products need",
+            );
         }
         here
     }

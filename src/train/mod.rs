@@ -1154,6 +1154,7 @@ pub fn describe_cpu() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::cpu_kernels::tests::skipped;
 
     /// Feeds a curve of validation losses to a fresh progress; returns the index of the
     /// validation at which early stopping said stop (None: never) and the lr scale after each.
@@ -1283,7 +1284,10 @@ mod tests {
     #[test]
     fn bf16_products_train_like_f32() {
         if !Precision::Bf16.available() {
-            eprintln!("SKIPPED bf16_products_train_like_f32: this CPU lacks AVX-512 BF16");
+            skipped(
+                "bf16_products_train_like_f32",
+                "this CPU lacks AVX-512 BF16",
+            );
             return;
         }
         let f32s = small_run_losses(false, 80).unwrap();
@@ -1305,8 +1309,9 @@ mod tests {
     #[test]
     fn bf16_on_a_cpu_without_it_says_what_to_do() {
         if Precision::Bf16.available() {
-            eprintln!(
-                "SKIPPED bf16_on_a_cpu_without_it_says_what_to_do: this CPU has AVX-512 BF16"
+            skipped(
+                "bf16_on_a_cpu_without_it_says_what_to_do",
+                "this CPU has AVX-512 BF16",
             );
             return;
         }
