@@ -353,3 +353,56 @@ fn bench_prints_each_measurement_as_a_json_line() {
         );
     }
 }
+
+/// `[train] bf16` is how this machine runs the products, not part of the run: a run trained
+/// with it resumes with it off (and the other way round), and a CPU without AVX-512 BF16 says
+/// how to turn it off, before anything is written.
+#[test]
+fn bf16_follows_the_config_of_now_on_restore() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = common::corpus_file(tmp.path(), "tweets.txt", 300);
+    let ck = tmp.path().join("ck");
+    let (corpus, ck_s) = (corpus.to_str().unwrap(), ck.to_str().unwrap());
+    let config = |bf16: bool| {
+        let path = tmp.path().join(format!("bf16-{bf16}.toml"));
+        std::fs::write(&path, format!("[train]\nbf16 = {bf16}\n")).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let (on, off) = (config(true), config(false));
+    let run = |config: &str, more: &[&str]| {
+        let mut args = small_train_args(corpus, ck_s);
+        args.extend(["--config", config]);
+        args.extend(more);
+        aviary(&args)
+    };
+    let card_bf16 = || {
+        let card: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(ck.join("card.json")).unwrap()).unwrap();
+        card["training"]["config"]["bf16"].clone()
+    };
+    let out = run(&on, &["--max-steps", "6"]);
+    let (_, stderr) = text(&out);
+    if !aviary::model::Precision::Bf16.available() {
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("AVX-512 BF16") && stderr.contains("set bf16 = false"),
+            "{stderr}"
+        );
+        assert!(
+            !ck.join("card.json").exists(),
+            "a failed start wrote a checkpoint"
+        );
+        common::skipped("the resume half: this CPU lacks AVX-512 BF16");
+        return;
+    }
+    assert!(out.status.success(), "bf16 training failed:\n{stderr}");
+    assert_eq!(card_bf16(), true);
+    let out = run(&off, &["--restore", "--max-steps", "12"]);
+    let (stdout, stderr) = text(&out);
+    assert!(
+        out.status.success(),
+        "resume without bf16 failed:\n{stderr}"
+    );
+    assert!(stdout.contains("finished at step 12"), "{stdout}");
+    assert_eq!(card_bf16(), false, "the resumed run took the card's bf16");
+}

@@ -337,7 +337,13 @@ fn run_trainer(
     cancel: &AtomicBool,
 ) -> Result<TrainOutcome> {
     let mut trainer = if req.restore {
-        Trainer::resume(source, &dir, |t| req.overrides.apply_on_resume(t), device)?
+        // bf16 is how this machine runs the products, not part of the run: the config of now
+        // says, as it does for tf32.
+        let adjust = |t: &mut TrainConfig| {
+            req.overrides.apply_on_resume(t);
+            t.bf16 = config.train.bf16;
+        };
+        Trainer::resume(source, &dir, adjust, device)?
     } else {
         if req.replace {
             clear_checkpoint(&dir)?;
