@@ -334,7 +334,7 @@ impl Packed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::cpu_kernels::tests::skipped;
+    use crate::model::cpu_kernels::tests::{skipped, Operands};
 
     /// Says where the AVX-512 BF16 kernel is not checked (the portable loop is, instead).
     fn says_path(test: &str) {
@@ -385,10 +385,8 @@ mod tests {
             (3, 7, 70),
             (9, 2, 16),
         ] {
-            let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
-            let b: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.11).cos() * 3.0).collect();
-            let at: Vec<f32> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
-            let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+            let ops = Operands::new(m, k, n);
+            let (a, b) = (&ops.a, &ops.b);
             // (exact sum of rounded products, f32 operands' sum, sum of magnitudes)
             let mut want = vec![(0f64, 0f64, 0f64); m * n];
             for i in 0..m {
@@ -400,12 +398,7 @@ mod tests {
                     });
                 }
             }
-            for (am, bm) in [
-                (Mat::new(&a, m, k), Mat::new(&b, k, n)),
-                (Mat::new(&at, k, m).t(), Mat::new(&b, k, n)),
-                (Mat::new(&a, m, k), Mat::new(&bt, n, k).t()),
-                (Mat::new(&at, k, m).t(), Mat::new(&bt, n, k).t()),
-            ] {
+            for (am, bm) in ops.every_transpose() {
                 let packed = PackedBf16::pack(bm);
                 for (kernel, accumulate) in
                     [(true, false), (true, true), (false, false), (false, true)]

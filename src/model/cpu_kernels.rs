@@ -857,27 +857,57 @@ pub(crate) mod tests {
         assert!(sigmoid(-1000.0) >= 0.0 && sigmoid(1000.0) <= 1.0);
     }
 
+    /// Test operands a [m, k] and b [k, n] (row-major), each also stored transposed.
+    pub(crate) struct Operands {
+        pub(crate) a: Vec<f32>,
+        pub(crate) b: Vec<f32>,
+        at: Vec<f32>,
+        bt: Vec<f32>,
+        m: usize,
+        k: usize,
+        n: usize,
+    }
+
+    impl Operands {
+        pub(crate) fn new(m: usize, k: usize, n: usize) -> Self {
+            let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.11).cos()).collect();
+            let at = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
+            let bt = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+            Operands {
+                a,
+                b,
+                at,
+                bt,
+                m,
+                k,
+                n,
+            }
+        }
+
+        /// The four ways of reading them as a @ b: as stored, or through either transpose.
+        pub(crate) fn every_transpose(&self) -> [(Mat<'_>, Mat<'_>); 4] {
+            let (m, k, n) = (self.m, self.k, self.n);
+            let (a, at) = (Mat::new(&self.a, m, k), Mat::new(&self.at, k, m).t());
+            let (b, bt) = (Mat::new(&self.b, k, n), Mat::new(&self.bt, n, k).t());
+            [(a, b), (at, b), (a, bt), (at, bt)]
+        }
+    }
+
     /// Every transpose, accumulating or not, in one block and split over 2 - 4 threads by
     /// columns (wide results) and by rows (narrow ones).
     #[test]
     fn gemm_matches_naive_in_every_transpose() {
         for (m, k, n) in [(5, 7, 3), (37, 9, 50), (41, 6, 10)] {
-            let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
-            let b: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.11).cos()).collect();
-            let at: Vec<f32> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
-            let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+            let ops = Operands::new(m, k, n);
+            let (a, b) = (&ops.a, &ops.b);
             let mut want = vec![0f32; m * n];
             for i in 0..m {
                 for j in 0..n {
                     want[i * n + j] = (0..k).map(|l| a[i * k + l] * b[l * n + j]).sum();
                 }
             }
-            for (am, bm) in [
-                (Mat::new(&a, m, k), Mat::new(&b, k, n)),
-                (Mat::new(&at, k, m).t(), Mat::new(&b, k, n)),
-                (Mat::new(&a, m, k), Mat::new(&bt, n, k).t()),
-                (Mat::new(&at, k, m).t(), Mat::new(&bt, n, k).t()),
-            ] {
+            for (am, bm) in ops.every_transpose() {
                 for threads in 1..=4 {
                     for accumulate in [false, true] {
                         let mut got = vec![1f32; m * n];

@@ -320,13 +320,17 @@ pub(crate) fn probed_grads(out: &Tensor, probe: &Tensor) -> candle_core::backpro
 /// Largest absolute elementwise difference of two tensors of one shape (for tests).
 #[cfg(test)]
 pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    let d = a
-        .sub(b)
-        .and_then(|d| d.abs())
+    max_abs(&a.sub(b).expect("tensors of one shape"))
+}
+
+/// The largest magnitude in `t` (for tests).
+#[cfg(test)]
+pub(crate) fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
         .and_then(|d| d.flatten_all())
-        .and_then(|d| d.max(0));
-    d.and_then(|d| d.to_scalar::<f32>())
-        .expect("tensors of one shape")
+        .and_then(|d| d.max(0))
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("an f32 tensor")
 }
 
 #[cfg(test)]
@@ -407,14 +411,7 @@ mod tests {
         let mut rounded = 0;
         for (name, var) in &vars {
             let (a, b) = (g32.get(var).unwrap(), g16.get(var).unwrap());
-            let size = a
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            let diff = max_abs_diff(a, b);
+            let (size, diff) = (max_abs(a), max_abs_diff(a, b));
             assert!(size > 0.0, "d{name} is not exercised");
             assert!(
                 diff < 3e-2 * size,
